@@ -18,6 +18,7 @@
 pub mod config;
 pub mod exit;
 pub mod names;
+pub mod report;
 pub mod runner;
 pub mod secret;
 pub mod service;
