@@ -15,11 +15,21 @@
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod accounts;
+pub mod cli;
+pub mod condor;
 pub mod config;
+pub mod env;
 pub mod exit;
+pub mod kerberos;
+pub mod lock;
+pub mod logging;
 pub mod names;
+pub mod ping;
 pub mod report;
 pub mod runner;
 pub mod secret;
 pub mod service;
 pub mod template;
+pub mod transfer;
+pub mod vault;

@@ -104,6 +104,10 @@ pub enum FailureClass {
     CollectorUnreachable,
     /// The collectors answered with no schedd.
     NoSchedds,
+    /// The vault server did not answer.
+    VaultUnreachable,
+    /// The credd did not answer.
+    CreddUnreachable,
     /// The step outlived its timeout.
     Timeout,
     /// Vault needs an interactive login: the service must be re-onboarded.
@@ -133,6 +137,8 @@ impl FailureClass {
             Self::PrincipalMismatch => "principal mismatch",
             Self::CollectorUnreachable => "collector unreachable",
             Self::NoSchedds => "no schedds",
+            Self::VaultUnreachable => "vault unreachable",
+            Self::CreddUnreachable => "credd unreachable",
             Self::Timeout => "timeout",
             Self::AuthenticationNeeded => "authentication needed: re-onboard",
             Self::PermissionDenied => "permission denied",

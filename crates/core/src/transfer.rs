@@ -1,0 +1,134 @@
+//! rsync over Kerberos ssh to the destination nodes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::report::FailureClass;
+use crate::runner::{CmdError, Command};
+use crate::service::Service;
+
+/// ssh options set unless the configuration's `sshOptions` sets the same key. ssh takes
+/// the first value it reads for an option, so the operator's options go first.
+const SSH_DEFAULTS: [(&str, &str); 4] = [
+    ("ServerAliveInterval", "30"),
+    ("ServerAliveCountMax", "1"),
+    ("GSSAPIAuthentication", "yes"),
+    ("GSSAPIDelegateCredentials", "no"),
+];
+
+/// The ssh command line rsync runs (`-e`): `BatchMode=yes` always, so nothing can prompt,
+/// then the operator's options, then the defaults they did not override.
+pub fn ssh_command_line(service: &Service, connect_timeout: Duration) -> String {
+    let mut words = vec!["ssh".to_string(), "-o".to_string(), "BatchMode=yes".to_string()];
+    let mut given: Vec<String> = Vec::new();
+    let mut iter = service.ssh_options.iter().peekable();
+    while let Some(word) = iter.next() {
+        let option = if word == "-o" {
+            iter.peek().map(|v| v.as_str())
+        } else {
+            word.strip_prefix("-o")
+        };
+        if let Some(option) = option {
+            let key = option.split(['=', ' ']).next().unwrap_or_default().to_ascii_lowercase();
+            if key == "batchmode" {
+                log::warn!("`{}`: ignoring BatchMode in sshOptions; pushes never prompt", service.name);
+                if word == "-o" {
+                    iter.next();
+                }
+                continue;
+            }
+            given.push(key);
+        }
+        words.push(word.clone());
+    }
+    let connect = connect_timeout.as_secs().clamp(1, 30).to_string();
+    let defaults = std::iter::once(("ConnectTimeout", connect.as_str())).chain(SSH_DEFAULTS);
+    for (key, value) in defaults {
+        if !given.contains(&key.to_ascii_lowercase()) {
+            words.push("-o".into());
+            words.push(format!("{key}={value}"));
+        }
+    }
+    words.join(" ")
+}
+
+/// Files for one destination directory on a node.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The remote directory, absolute.
+    pub dir: String,
+    /// Local files, already named as they must be at the destination.
+    pub files: Vec<PathBuf>,
+}
+
+/// `rsync -e "<ssh>" [fileCopierOptions] --perms --chmod=u=r,go= <files> <account>@<node>:<dir>/`
+///
+/// The permission options come after the operator's so that 0400 holds whatever they say.
+/// rsync writes a temporary file next to the destination and renames it, so a node never
+/// sees a partial token.
+pub fn rsync_command(service: &Service, node: &str, batch: &Batch, ccache: &str, timeout: Duration) -> Command {
+    Command::new("rsync")
+        .arg("-e")
+        .arg(ssh_command_line(service, timeout))
+        .args(service.rsync_options.iter())
+        .args(["--perms", "--chmod=u=r,go="])
+        .args(batch.files.iter())
+        .arg(format!("{}@{node}:{}/", service.account, batch.dir.trim_end_matches('/')))
+        .env("KRB5CCNAME", ccache)
+        .timeout(timeout)
+}
+
+/// Classifies a failed rsync from ssh's and rsync's messages.
+pub fn classify(err: &CmdError) -> FailureClass {
+    let lower = err.stderr().to_ascii_lowercase();
+    const UNREACHABLE: [&str; 7] = [
+        "connection refused",
+        "no route to host",
+        "connection timed out",
+        "could not resolve hostname",
+        "name or service not known",
+        "network is unreachable",
+        "operation timed out",
+    ];
+    if UNREACHABLE.iter().any(|p| lower.contains(p)) {
+        FailureClass::Unreachable
+    } else if lower.contains("permission denied (") || lower.contains("host key verification failed") {
+        FailureClass::AuthenticationRefused
+    } else {
+        FailureClass::RsyncFailed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn service(ssh: &str) -> Service {
+        let text = format!(
+            "keytabPath: /k\nkerberosPrincipalPattern: '{{{{.Account}}}}@R'\ncondorCollectorHost: c\n\
+             sshOptions: '{ssh}'\nexperiments:\n  e:\n    roles:\n      r: {{account: a, destinationNodes: [n]}}\n"
+        );
+        Config::from_str(&text, false, Path::new("x.yml")).unwrap().services.remove(0)
+    }
+
+    #[test]
+    fn operator_options_come_first_and_replace_defaults() {
+        let line = ssh_command_line(&service("-F /s/ssh_config -o ConnectTimeout=5 -o BatchMode=no"), Duration::from_secs(30));
+        assert_eq!(
+            line,
+            "ssh -o BatchMode=yes -F /s/ssh_config -o ConnectTimeout=5 -o ServerAliveInterval=30 \
+             -o ServerAliveCountMax=1 -o GSSAPIAuthentication=yes -o GSSAPIDelegateCredentials=no"
+        );
+    }
+
+    #[test]
+    fn permissions_follow_operator_options() {
+        let s = service("");
+        let batch = Batch { dir: "/tmp".into(), files: vec!["/s/vt_u5".into(), "/s/vt_u5-e_r".into()] };
+        let argv = rsync_command(&s, "node1", &batch, "FILE:/c", Duration::from_secs(30)).argv();
+        assert_eq!(&argv[3..], ["--perms", "--chmod=u=r,go=", "/s/vt_u5", "/s/vt_u5-e_r", "a@node1:/tmp/"]);
+    }
+}
