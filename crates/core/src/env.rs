@@ -18,6 +18,8 @@ pub struct HostEnv {
     pub stderr_is_terminal: bool,
     /// Whether stdin is a terminal (onboarding needs one).
     pub stdin_is_terminal: bool,
+    /// `PATH`, where `check-config` looks for the external tools.
+    pub path: Option<std::ffi::OsString>,
 }
 
 impl HostEnv {
@@ -31,6 +33,7 @@ impl HostEnv {
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
             stderr_is_terminal: std::io::stderr().is_terminal(),
             stdin_is_terminal: std::io::stdin().is_terminal(),
+            path: std::env::var_os("PATH"),
         }
     }
 }

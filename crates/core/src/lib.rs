@@ -16,20 +16,31 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod accounts;
+pub mod app;
+pub mod check;
 pub mod cli;
 pub mod condor;
+pub mod context;
 pub mod config;
 pub mod env;
 pub mod exit;
 pub mod kerberos;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod ping;
+pub mod plan;
+pub mod push;
+pub mod reachability;
+pub mod refresh;
 pub mod report;
 pub mod runner;
 pub mod secret;
 pub mod service;
+pub mod state;
+pub mod status;
 pub mod template;
 pub mod transfer;
 pub mod vault;

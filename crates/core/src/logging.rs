@@ -25,6 +25,8 @@ pub fn init(verbosity: i8, host: &HostEnv) {
     if let Some(spec) = &host.rust_log {
         builder.parse_filters(spec);
     }
+    // ureq logs request paths at debug and trace, and a Slack webhook's path is its secret.
+    builder.filter_module("ureq", LevelFilter::Warn);
     let journal = host.journal;
     builder.format(move |buf, record| {
         let message = record.args().to_string().replace('\n', " | ");

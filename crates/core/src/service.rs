@@ -83,6 +83,11 @@ pub struct Service {
 impl Service {
     /// The destination of the default-role file for `uid`.
     pub fn role_file_destination(&self, uid: u32) -> String {
+        self.role_file_destination_for(&uid.to_string())
+    }
+
+    /// The destination of the default-role file with `uid` as written (for display).
+    pub fn role_file_destination_for(&self, uid: &str) -> String {
         self.role_file_template.render(&TemplateValues { service: self, uid })
     }
 }
@@ -90,7 +95,7 @@ impl Service {
 /// Template values of a service for a given UID.
 pub(crate) struct TemplateValues<'a> {
     pub(crate) service: &'a Service,
-    pub(crate) uid: u32,
+    pub(crate) uid: &'a str,
 }
 
 impl Fields for TemplateValues<'_> {

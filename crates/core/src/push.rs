@@ -1,0 +1,213 @@
+//! token-pusher's work: for every service, its UID and newest local vault token, a
+//! Kerberos ticket, and one rsync per node (per destination directory) in parallel.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use rayon::prelude::*;
+
+use crate::accounts;
+use crate::context::Context;
+use crate::kerberos::{self, Ccache};
+use crate::report::{Failure, FailureClass, Outcome, Stage, Target};
+use crate::service::Service;
+use crate::transfer::{self, Batch};
+use crate::vault;
+
+/// Pushes every service's token to its nodes.
+pub fn run(ctx: &Context, services: &[Service]) -> Vec<Outcome> {
+    services.par_iter().flat_map(|s| push_service(ctx, s)).collect()
+}
+
+/// Where a service's UID on the nodes comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UidSource {
+    /// `desiredUIDOverride`.
+    Override,
+    /// The state database's cache (filled by an earlier lookup, or FERRY).
+    State,
+    /// The local passwd database.
+    Passwd,
+}
+
+/// The UID of `service` on the nodes: override, then state, then passwd (cached in the
+/// state for the next run).
+pub fn resolve_uid(ctx: &Context, service: &Service) -> Result<(u32, UidSource), Failure> {
+    if let Some(uid) = service.desired_uid {
+        return Ok((uid, UidSource::Override));
+    }
+    if let Some(state) = ctx.state() {
+        match state.cached_uid(&service.account) {
+            Ok(Some(uid)) => return Ok((uid, UidSource::State)),
+            Ok(None) => {}
+            Err(e) => warn!("cannot read the cached UID of `{}`: {e:#}", service.account),
+        }
+    }
+    let timeout = ctx.config.timeouts.kerberos;
+    match accounts::lookup_uid(&ctx.runner, &service.account, timeout) {
+        Ok(Some(uid)) => {
+            if let Some(mut state) = ctx.state() {
+                if let Err(e) = state.store_uid(&service.account, uid) {
+                    warn!("cannot cache the UID of `{}`: {e:#}", service.account);
+                }
+            }
+            Ok((uid, UidSource::Passwd))
+        }
+        Ok(None) => Err(Failure::new(
+            FailureClass::NoUid,
+            format!(
+                "no UID for account `{}`: set `desiredUIDOverride` or make the account known to \
+                 the passwd database",
+                service.account
+            ),
+        )),
+        Err(e) => Err(Failure::new(FailureClass::NoUid, format!("UID lookup of `{}` failed: {e:#}", service.account))),
+    }
+}
+
+fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
+    let started = Instant::now();
+    let fail = |stage, failure: Failure| {
+        log::error!("`{}`: {failure}", service.name);
+        vec![Outcome::failed(&service.name, Target::Service, stage, started.elapsed(), failure)]
+    };
+    let uid = match resolve_uid(ctx, service) {
+        Ok((uid, _)) => uid,
+        Err(f) => return fail(Stage::Setup, f),
+    };
+    let token = match vault::newest_token(&service.token_store, ctx.local_uid, &service.real_name) {
+        Ok(Some((path, token))) => {
+            log::debug!("`{}`: pushing the token from `{}`", service.name, path.display());
+            token
+        }
+        Ok(None) => {
+            return fail(
+                Stage::Setup,
+                Failure::new(
+                    FailureClass::NoToken,
+                    format!(
+                        "no valid vault token for `{}` in `{}`; run token-refresher first",
+                        service.real_name,
+                        service.token_store.display()
+                    ),
+                ),
+            );
+        }
+        Err(e) => return fail(Stage::Setup, Failure::new(FailureClass::NoToken, format!("{e:#}"))),
+    };
+    let batches = match stage_files(ctx, service, uid, &token) {
+        Ok(b) => b,
+        Err(e) => return fail(Stage::Setup, Failure::new(FailureClass::Setup, format!("{e:#}"))),
+    };
+
+    let ccache = Ccache::for_service(ctx.dir(), service);
+    let timeouts = &ctx.config.timeouts;
+    if let Err(f) = kerberos::obtain(&ctx.runner, service, &ccache, timeouts.kerberos, ctx.config.retries.kerberos) {
+        return fail(Stage::Kerberos, f);
+    }
+    if ctx.test {
+        info!("test run: not pushing `{}` to {} nodes", service.name, service.nodes.len());
+        return vec![Outcome::ok(&service.name, Target::Service, Stage::Kerberos, started.elapsed())];
+    }
+    service
+        .nodes
+        .par_iter()
+        .map(|node| push_node(ctx, service, node, &batches, &ccache))
+        .collect()
+}
+
+/// Writes the files under their destination names, one directory per destination
+/// directory, so each node gets one rsync call per directory.
+fn stage_files(ctx: &Context, service: &Service, uid: u32, token: &str) -> anyhow::Result<Vec<Batch>> {
+    let mut by_dir: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let token_line = format!("{token}\n");
+    by_dir.entry("/tmp".into()).or_default().push((format!("vt_u{uid}"), token_line.clone()));
+    by_dir.entry("/tmp".into()).or_default().push((format!("vt_u{uid}-{}", service.real_name), token_line));
+    let role_file = PathBuf::from(service.role_file_destination(uid));
+    let dir = role_file.parent().map_or_else(|| "/".to_string(), |d| d.display().to_string());
+    let name = role_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    by_dir.entry(dir).or_default().push((name, format!("{}\n", service.role)));
+
+    let root = ctx.dir().join(format!("push-{}", service.name));
+    let mut batches = Vec::new();
+    for (i, (dir, files)) in by_dir.into_iter().enumerate() {
+        let local = root.join(i.to_string());
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&local)?;
+        let mut paths = Vec::new();
+        for (name, content) in files {
+            let path = local.join(&name);
+            write_private(&path, &content)?;
+            paths.push(path);
+        }
+        batches.push(Batch { dir, files: paths });
+    }
+    Ok(batches)
+}
+
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+/// Pushes every batch to `node`, retrying per `workerType.pushTokens` within
+/// `pushTimeout`; an unreachable node is not retried.
+fn push_node(ctx: &Context, service: &Service, node: &str, batches: &[Batch], ccache: &Ccache) -> Outcome {
+    let started = Instant::now();
+    let end = started + ctx.config.timeouts.push;
+    let retry = ctx.config.retries.push;
+    let target = Target::Node(node.to_string());
+    let mut attempt = 0;
+    let result = loop {
+        let result = push_once(ctx, service, node, batches, ccache, end);
+        match result {
+            Err(f) if attempt < retry.retries && retryable(&f) && Instant::now() + retry.sleep < end => {
+                attempt += 1;
+                warn!("`{}`: push to `{node}` failed, retrying ({attempt}/{}): {f}", service.name, retry.retries);
+                ctx.runner.sleep(retry.sleep);
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(()) => {
+            info!("pushed the vault token of `{}` to `{node}` in {:.1}s", service.name, started.elapsed().as_secs_f64());
+            Outcome::ok(&service.name, target, Stage::Push, started.elapsed())
+        }
+        Err(f) => {
+            log::error!("`{}`: push to `{node}` failed: {f}", service.name);
+            Outcome::failed(&service.name, target, Stage::Push, started.elapsed(), f)
+        }
+    }
+}
+
+fn retryable(f: &Failure) -> bool {
+    !matches!(f.class, FailureClass::Unreachable | FailureClass::Cancelled | FailureClass::Timeout)
+}
+
+fn push_once(
+    ctx: &Context,
+    service: &Service,
+    node: &str,
+    batches: &[Batch],
+    ccache: &Ccache,
+    end: Instant,
+) -> Result<(), Failure> {
+    for batch in batches {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::new(FailureClass::Timeout, format!("push to `{node}` exceeded pushTimeout")));
+        }
+        let cmd = transfer::rsync_command(service, node, batch, &ccache.env_value(), left.max(Duration::from_millis(100)));
+        ctx.runner.run(&cmd).map_err(|e| {
+            Failure::from_cmd(transfer::classify(&e), format!("rsync to `{node}:{}` failed", batch.dir), &e)
+        })?;
+    }
+    Ok(())
+}
