@@ -24,14 +24,26 @@ use crate::{check, push, reachability, refresh, status};
 /// Runs `token-refresher`.
 pub fn refresher(cli: RefresherCli, host: HostEnv, out: &mut dyn Write) -> Exit {
     let onboarding = cli.run_onboarding.then_some(cli.push_tokens);
-    Invocation { binary: Binary::TokenRefresher, common: cli.common, command: cli.command, work: Work::Refresh, onboarding }
-        .run(host, out)
+    Invocation {
+        binary: Binary::TokenRefresher,
+        common: cli.common,
+        command: cli.command,
+        work: Work::Refresh,
+        onboarding,
+    }
+    .run(host, out)
 }
 
 /// Runs `token-pusher`.
 pub fn pusher(cli: PusherCli, host: HostEnv, out: &mut dyn Write) -> Exit {
-    Invocation { binary: Binary::TokenPusher, common: cli.common, command: cli.command, work: Work::Push, onboarding: None }
-        .run(host, out)
+    Invocation {
+        binary: Binary::TokenPusher,
+        common: cli.common,
+        command: cli.command,
+        work: Work::Push,
+        onboarding: None,
+    }
+    .run(host, out)
 }
 
 /// Runs `ping-nodes`.
@@ -58,7 +70,12 @@ struct Invocation {
 impl Invocation {
     fn run(self, host: HostEnv, out: &mut dyn Write) -> Exit {
         crate::logging::init(self.common.verbosity(), &host);
-        info!("{} {} with configuration `{}`", self.binary, crate::cli::VERSION, self.common.config.display());
+        info!(
+            "{} {} with configuration `{}`",
+            self.binary,
+            crate::cli::VERSION,
+            self.common.config.display()
+        );
         let config = match Config::load(&self.common.config) {
             Ok(config) => config,
             Err(e) => {
@@ -72,7 +89,9 @@ impl Invocation {
             warn!("configuration key `{key}` is accepted for compatibility but not acted on");
         }
         if rustix::process::geteuid().is_root() && !self.common.allow_root {
-            error!("refusing to run as root: files it writes would belong to root; use the service account, or --allow-root");
+            error!(
+                "refusing to run as root: files it writes would belong to root; use the service account, or --allow-root"
+            );
             return Exit::Usage;
         }
         let services = match select(&config, &self.common) {
@@ -106,7 +125,13 @@ impl Invocation {
     }
 
     /// Handles a subcommand; `None` when there is none (a normal run).
-    fn subcommand(&self, config: &Config, services: &[Service], host: &HostEnv, out: &mut dyn Write) -> Option<Exit> {
+    fn subcommand(
+        &self,
+        config: &Config,
+        services: &[Service],
+        host: &HostEnv,
+        out: &mut dyn Write,
+    ) -> Option<Exit> {
         let exit = match self.command.as_ref()? {
             Command::CheckConfig => {
                 let problems = check::environment(self.binary, services, host.path.as_deref());
@@ -118,9 +143,17 @@ impl Invocation {
                     "configuration `{}`: {} services; {}",
                     config.path.display(),
                     services.len(),
-                    if problems.is_empty() { "ok".to_string() } else { format!("{} problems", problems.len()) }
+                    if problems.is_empty() {
+                        "ok".to_string()
+                    } else {
+                        format!("{} problems", problems.len())
+                    }
                 );
-                if problems.is_empty() { Exit::Success } else { Exit::Usage }
+                if problems.is_empty() {
+                    Exit::Success
+                } else {
+                    Exit::Usage
+                }
             }
             Command::Status => status::print(config, services, self.common.json, out),
             Command::NotifyUnitFailure { unit } => {
@@ -137,11 +170,21 @@ impl Invocation {
         Some(exit)
     }
 
-    fn work(self, config: Config, services: Vec<Service>, host: HostEnv, out: &mut dyn Write) -> Exit {
+    fn work(
+        self,
+        config: Config,
+        services: Vec<Service>,
+        host: HostEnv,
+        out: &mut dyn Write,
+    ) -> Exit {
         let _lock = match RunLock::acquire(&config.lock_dir, self.binary.name()) {
             Ok(lock) => lock,
             Err(LockError::Held { path }) => {
-                warn!("another {} run holds `{}`; exiting", self.binary, path.display());
+                warn!(
+                    "another {} run holds `{}`; exiting",
+                    self.binary,
+                    path.display()
+                );
                 return Exit::Locked;
             }
             Err(LockError::Io(e)) => {
@@ -194,7 +237,12 @@ impl Invocation {
         let mut ctx = Context::new(config, host, runner, run_dir, state);
         ctx.verbose = self.common.verbose > 0;
         ctx.test = self.common.test;
-        info!("{} for {} services (concurrency {})", self.binary, services.len(), ctx.config.concurrency);
+        info!(
+            "{} for {} services (concurrency {})",
+            self.binary,
+            services.len(),
+            ctx.config.concurrency
+        );
         report.outcomes = pool.install(|| self.outcomes(&ctx, &services));
         report.duration = started.elapsed();
         if ctx.runner.is_cancelled() {
@@ -206,13 +254,25 @@ impl Invocation {
             info!("notifications are off for this run");
         }
         let Context { config, state, .. } = ctx;
-        let mut state = state.map(|s| s.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
-        notify::finish_run(&config, &mut report, state.as_mut(), &NotifyOptions { enabled, test: self.common.test });
+        let mut state = state.map(|s| {
+            s.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        notify::finish_run(
+            &config,
+            &mut report,
+            state.as_mut(),
+            &NotifyOptions {
+                enabled,
+                test: self.common.test,
+            },
+        );
         crate::metrics::publish(&config, &report, state.as_ref());
 
         summarize(&report);
         if self.common.json {
-            let _ = serde_json::to_writer_pretty(&mut *out, &report.summary()).map(|()| writeln!(out));
+            let _ =
+                serde_json::to_writer_pretty(&mut *out, &report.summary()).map(|()| writeln!(out));
         }
         report.exit()
     }
@@ -241,7 +301,11 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
 /// The services chosen by `-e` and `-s` (all when neither is given).
 pub fn select(config: &Config, args: &CommonArgs) -> Result<Vec<Service>, String> {
     let experiments: Vec<&str> = {
-        let mut e: Vec<&str> = config.services.iter().map(|s| s.experiment.as_str()).collect();
+        let mut e: Vec<&str> = config
+            .services
+            .iter()
+            .map(|s| s.experiment.as_str())
+            .collect();
         e.dedup();
         e
     };
@@ -252,14 +316,20 @@ pub fn select(config: &Config, args: &CommonArgs) -> Result<Vec<Service>, String
     }
     for wanted in &args.services {
         if config.service(wanted).is_none() {
-            return Err(unknown("service", wanted, config.services.iter().map(|s| s.name.as_str())));
+            return Err(unknown(
+                "service",
+                wanted,
+                config.services.iter().map(|s| s.name.as_str()),
+            ));
         }
     }
     let all = args.experiments.is_empty() && args.services.is_empty();
     Ok(config
         .services
         .iter()
-        .filter(|s| all || args.experiments.contains(&s.experiment) || args.services.contains(&s.name))
+        .filter(|s| {
+            all || args.experiments.contains(&s.experiment) || args.services.contains(&s.name)
+        })
         .cloned()
         .collect())
 }
@@ -267,7 +337,10 @@ pub fn select(config: &Config, args: &CommonArgs) -> Result<Vec<Service>, String
 fn unknown<'a>(what: &str, wanted: &str, known: impl Iterator<Item = &'a str> + Clone) -> String {
     match config::suggest(wanted, known.clone()) {
         Some(near) => format!("unknown {what} `{wanted}`; did you mean `{near}`?"),
-        None => format!("unknown {what} `{wanted}`; known: {}", known.collect::<Vec<_>>().join(", ")),
+        None => format!(
+            "unknown {what} `{wanted}`; known: {}",
+            known.collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -282,10 +355,19 @@ fn list_services(services: &[Service], json: bool, out: &mut dyn Write) -> Exit 
                 })
             })
             .collect();
-        serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::from).and_then(|()| writeln!(out))
+        serde_json::to_writer_pretty(&mut *out, &list)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
         services.iter().try_for_each(|s| {
-            writeln!(out, "{}\t{}\t{}\t{}", s.name, s.real_name, s.account, s.nodes.join(","))
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                s.name,
+                s.real_name,
+                s.account,
+                s.nodes.join(",")
+            )
         })
     };
     match result {
@@ -298,7 +380,11 @@ fn list_services(services: &[Service], json: bool, out: &mut dyn Write) -> Exit 
 }
 
 fn summarize(report: &RunReport) {
-    let failed: Vec<&String> = report.services.iter().filter(|s| report.service_failed(s)).collect();
+    let failed: Vec<&String> = report
+        .services
+        .iter()
+        .filter(|s| report.service_failed(s))
+        .collect();
     let failed_nodes = report.failures().filter(|o| o.service.is_none()).count();
     let line = format!(
         "{}: {} services, {} succeeded, {} failed{} in {:.1}s",
@@ -306,7 +392,11 @@ fn summarize(report: &RunReport) {
         report.services.len(),
         report.services.len() - failed.len(),
         failed.len(),
-        if failed_nodes > 0 { format!(", {failed_nodes} unreachable nodes") } else { String::new() },
+        if failed_nodes > 0 {
+            format!(", {failed_nodes} unreachable nodes")
+        } else {
+            String::new()
+        },
         report.duration.as_secs_f64()
     );
     if failed.is_empty() && report.run_errors.is_empty() && failed_nodes == 0 {

@@ -18,9 +18,14 @@ pub struct EnvironmentProblem {
 }
 
 /// Checks what `binary` needs for `services`; `path` is the `PATH` to search tools in.
-pub fn environment(binary: Binary, services: &[Service], path: Option<&OsStr>) -> Vec<EnvironmentProblem> {
+pub fn environment(
+    binary: Binary,
+    services: &[Service],
+    path: Option<&OsStr>,
+) -> Vec<EnvironmentProblem> {
     let mut problems = Vec::new();
-    let mut push = |subject: String, message: String| problems.push(EnvironmentProblem { subject, message });
+    let mut push =
+        |subject: String, message: String| problems.push(EnvironmentProblem { subject, message });
 
     for tool in tools(binary, services) {
         if find_in_path(tool, path).is_none() {
@@ -37,13 +42,16 @@ pub fn environment(binary: Binary, services: &[Service], path: Option<&OsStr>) -
         stores.sort();
         stores.dedup();
         for store in stores {
-            if let Ok(meta) = std::fs::metadata(store) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    push(
-                        format!("token store `{}`", store.display()),
-                        format!("mode {:o} lets group or others in; use 0700", meta.permissions().mode() & 0o777),
-                    );
-                }
+            if let Ok(meta) = std::fs::metadata(store)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                push(
+                    format!("token store `{}`", store.display()),
+                    format!(
+                        "mode {:o} lets group or others in; use 0700",
+                        meta.permissions().mode() & 0o777
+                    ),
+                );
             }
         }
     }
@@ -55,7 +63,10 @@ pub fn tools(binary: Binary, services: &[Service]) -> Vec<&'static str> {
     match binary {
         Binary::TokenRefresher => {
             let mut tools = vec!["kinit", "klist", "htgettoken"];
-            if services.iter().any(|s| s.token_getter == TokenGetter::StoreAndGetToken) {
+            if services
+                .iter()
+                .any(|s| s.token_getter == TokenGetter::StoreAndGetToken)
+            {
                 tools.extend(["condor_vault_storer", "condor_store_cred"]);
                 if services.iter().any(|s| s.credds.is_empty()) {
                     tools.push("condor_status");
@@ -88,9 +99,12 @@ fn keytab_problem(keytab: &Path) -> Option<String> {
 
 /// The first executable named `tool` in `path`.
 pub fn find_in_path(tool: &str, path: Option<&OsStr>) -> Option<std::path::PathBuf> {
-    std::env::split_paths(path?).map(|dir| dir.join(tool)).find(|candidate| {
-        std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 #[cfg(test)]

@@ -8,8 +8,12 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::config::DEFAULT_PATH;
 
 /// `--version`: the package version and the git revision it was built from.
-pub const VERSION: &str =
-    concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("MANAGED_TOKENS_GIT_REVISION"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("MANAGED_TOKENS_GIT_REVISION"),
+    ")"
+);
 
 const EXIT_STATUSES: &str = "Exit status: 0 all succeeded; 1 fatal error; 2 usage or \
 configuration error; 3 finished, but some services or nodes failed (already reported); \
@@ -31,7 +35,12 @@ pub struct CommonArgs {
     pub config: PathBuf,
 
     /// Only the roles of this experiment (configuration key); repeatable.
-    #[arg(short = 'e', long = "experiment", global = true, value_name = "EXPERIMENT")]
+    #[arg(
+        short = 'e',
+        long = "experiment",
+        global = true,
+        value_name = "EXPERIMENT"
+    )]
     pub experiments: Vec<String>,
 
     /// Only this service, `<experiment>_<role>` (configuration name); repeatable.
@@ -197,7 +206,10 @@ pub struct PingCli {
 }
 
 /// Writes a man page or completion script for the CLI `C` to `out`.
-pub fn generate<C: CommandFactory>(what: Generated, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+pub fn generate<C: CommandFactory>(
+    what: Generated,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut cmd = C::command();
     let name = cmd.get_name().to_string();
     match what {
@@ -230,13 +242,18 @@ mod tests {
 
     #[test]
     fn allow_root_is_accepted_after_subcommands() {
-        let cli = PusherCli::try_parse_from(["token-pusher", "check-config", "--allow-root"]).unwrap();
+        let cli =
+            PusherCli::try_parse_from(["token-pusher", "check-config", "--allow-root"]).unwrap();
         assert!(cli.common.allow_root);
-        let cli = RefresherCli::try_parse_from(["token-refresher", "-s", "a_b", "-s", "c_d", "-vv"]).unwrap();
+        let cli =
+            RefresherCli::try_parse_from(["token-refresher", "-s", "a_b", "-s", "c_d", "-vv"])
+                .unwrap();
         assert_eq!(cli.common.services, ["a_b", "c_d"]);
         assert_eq!(cli.common.verbosity(), 2);
         assert!(RefresherCli::try_parse_from(["token-refresher", "-p"]).is_err());
-        let cli = PingCli::try_parse_from(["ping-nodes", "--disable-notifications", "--probe", "ssh"]).unwrap();
+        let cli =
+            PingCli::try_parse_from(["ping-nodes", "--disable-notifications", "--probe", "ssh"])
+                .unwrap();
         assert!(cli.common.dont_notify);
         assert_eq!(cli.probe, Probe::Ssh);
     }

@@ -33,32 +33,56 @@ pub fn status_command(collector: &str, constraint: Option<&str>, timeout: Durati
 /// Discovers credds once per (collectors, constraint) per run, shared by every service.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    queries: Mutex<HashMap<(Vec<String>, Option<String>), Arc<OnceLock<Result<Credds, Failure>>>>>,
+    queries: Mutex<HashMap<QueryKey, Arc<QueryCell>>>,
 }
+
+/// The answer to one query, computed by the first service that needs it.
+type QueryCell = OnceLock<Result<Credds, Failure>>;
+
+/// Collectors and constraint of one query.
+type QueryKey = (Vec<String>, Option<String>);
 
 impl Discovery {
     /// The credds of `service`: its override, else the schedds its collectors list.
-    pub fn credds(&self, runner: &Runner, service: &Service, timeout: Duration) -> Result<Credds, Failure> {
+    pub fn credds(
+        &self,
+        runner: &Runner,
+        service: &Service,
+        timeout: Duration,
+    ) -> Result<Credds, Failure> {
         if !service.credds.is_empty() {
             return Ok(Credds {
                 collector: service.collectors.first().cloned(),
                 credds: service.credds.clone(),
             });
         }
-        let key = (service.collectors.clone(), service.schedd_constraint.clone());
+        let key = (
+            service.collectors.clone(),
+            service.schedd_constraint.clone(),
+        );
         let cell = {
             let mut queries = self.queries.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(queries.entry(key).or_default())
         };
         cell.get_or_init(|| {
-            query(runner, &service.collectors, service.schedd_constraint.as_deref(), timeout)
+            query(
+                runner,
+                &service.collectors,
+                service.schedd_constraint.as_deref(),
+                timeout,
+            )
         })
         .clone()
     }
 }
 
 /// Tries the collectors in order; the first that answers decides.
-fn query(runner: &Runner, collectors: &[String], constraint: Option<&str>, timeout: Duration) -> Result<Credds, Failure> {
+fn query(
+    runner: &Runner,
+    collectors: &[String],
+    constraint: Option<&str>,
+    timeout: Duration,
+) -> Result<Credds, Failure> {
     let mut last = None;
     for collector in collectors {
         match runner.run(&status_command(collector, constraint, timeout)) {
@@ -69,12 +93,17 @@ fn query(runner: &Runner, collectors: &[String], constraint: Option<&str>, timeo
                         FailureClass::NoSchedds,
                         format!(
                             "collector `{collector}` lists no schedd{}",
-                            constraint.map(|c| format!(" matching `{c}`")).unwrap_or_default()
+                            constraint
+                                .map(|c| format!(" matching `{c}`"))
+                                .unwrap_or_default()
                         ),
                     ));
                 }
                 log::debug!("collector `{collector}` lists credds {credds:?}");
-                return Ok(Credds { collector: Some(collector.clone()), credds });
+                return Ok(Credds {
+                    collector: Some(collector.clone()),
+                    credds,
+                });
             }
             Err(e) => {
                 log::warn!("collector `{collector}` did not answer, trying the next one: {e}");
@@ -92,7 +121,11 @@ fn query(runner: &Runner, collectors: &[String], constraint: Option<&str>, timeo
 /// Schedd names from `-af Name` output; names unfit for a command line are dropped.
 fn parse_names(stdout: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for name in stdout.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "undefined") {
+    for name in stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "undefined")
+    {
         match names::validate(NameKind::CondorHost, name) {
             Ok(()) if !names.iter().any(|n| n == name) => names.push(name.to_string()),
             Ok(()) => {}
@@ -119,8 +152,13 @@ pub fn vault_server(
     }
     from_condor
         .get_or_init(|| {
-            let cmd = Command::new("condor_config_val").arg("SEC_CREDENTIAL_GETTOKEN_OPTS").timeout(timeout);
-            runner.run(&cmd).ok().and_then(|out| server_option(&out.stdout))
+            let cmd = Command::new("condor_config_val")
+                .arg("SEC_CREDENTIAL_GETTOKEN_OPTS")
+                .timeout(timeout);
+            runner
+                .run(&cmd)
+                .ok()
+                .and_then(|out| server_option(&out.stdout))
         })
         .clone()
         .ok_or_else(|| {
@@ -192,7 +230,12 @@ pub struct StorerCall<'a> {
 }
 
 /// `condor_vault_storer [-v] <real name>` with its environment.
-pub fn storer_command(call: &StorerCall<'_>, host: &HostEnv, min_lifetime: Duration, timeout: Duration) -> Command {
+pub fn storer_command(
+    call: &StorerCall<'_>,
+    host: &HostEnv,
+    min_lifetime: Duration,
+    timeout: Duration,
+) -> Command {
     let mut cmd = Command::new("condor_vault_storer");
     if call.verbose {
         cmd = cmd.arg("-v");
@@ -201,8 +244,14 @@ pub fn storer_command(call: &StorerCall<'_>, host: &HostEnv, min_lifetime: Durat
         .arg(&call.service.real_name)
         .env("KRB5CCNAME", &call.ccache)
         .env("_condor_CREDD_HOST", call.credd)
-        .env("_condor_SEC_CREDENTIAL_GETTOKEN_OPTS", gettoken_options(host, call.vault))
-        .env("HTGETTOKENOPTS", htgettoken_options(host, call.service, min_lifetime))
+        .env(
+            "_condor_SEC_CREDENTIAL_GETTOKEN_OPTS",
+            gettoken_options(host, call.vault),
+        )
+        .env(
+            "HTGETTOKENOPTS",
+            htgettoken_options(host, call.service, min_lifetime),
+        )
         .env("XDG_RUNTIME_DIR", call.runtime_dir)
         .timeout(timeout);
     if let Some(collector) = call.collector {
@@ -214,28 +263,55 @@ pub fn storer_command(call: &StorerCall<'_>, host: &HostEnv, min_lifetime: Durat
     cmd
 }
 
-/// Classifies a failed storer or htgettoken call from what it printed.
-pub fn classify(err: &CmdError) -> FailureClass {
+/// Patterns in storer and htgettoken output, in the order they decide the class. The
+/// storer reports "Authentication needed" whenever its quiet pass fails, so the more
+/// specific causes (Vault down, a 403, a slow device flow) are looked for first.
+const PATTERNS: [(&str, FailureClass); 8] = [
+    (
+        "polling for response took longer than",
+        FailureClass::Timeout,
+    ),
+    (
+        "failed to establish a new connection",
+        FailureClass::VaultUnreachable,
+    ),
+    ("connection refused", FailureClass::VaultUnreachable),
+    ("max retries exceeded", FailureClass::VaultUnreachable),
+    (
+        "failed to store condor credentials",
+        FailureClass::CreddUnreachable,
+    ),
+    ("403", FailureClass::PermissionDenied),
+    (
+        "authentication needed for",
+        FailureClass::AuthenticationNeeded,
+    ),
+    ("permission denied", FailureClass::PermissionDenied),
+];
+
+/// Classifies a failed storer or htgettoken call from what it printed, with the line that
+/// decided it.
+pub fn classify(err: &CmdError) -> (FailureClass, Option<String>) {
     let text = format!("{}\n{}", err.stderr(), err.stdout());
-    let lower = text.to_ascii_lowercase();
-    let unreachable_vault = ["connection refused", "failed to establish a new connection", "max retries exceeded"]
-        .iter()
-        .any(|p| lower.contains(p));
-    if lower.contains("polling for response took longer than") {
-        FailureClass::Timeout
-    } else if lower.contains("403") && lower.contains("permission denied") {
-        FailureClass::PermissionDenied
-    } else if unreachable_vault {
-        FailureClass::VaultUnreachable
-    } else if lower.contains("condor_store_cred") && (lower.contains("failed to connect") || lower.contains("connect to")) {
-        FailureClass::CreddUnreachable
-    } else if lower.contains("authentication needed for") {
-        FailureClass::AuthenticationNeeded
-    } else if lower.contains("permission denied") {
-        FailureClass::PermissionDenied
-    } else {
-        FailureClass::StorerFailed
+    for (pattern, class) in PATTERNS {
+        if class == FailureClass::PermissionDenied && pattern == "403" {
+            let denied = text.lines().find(|l| {
+                let lower = l.to_ascii_lowercase();
+                lower.contains("403") && lower.contains("permission denied")
+            });
+            if let Some(line) = denied {
+                return (class, Some(crate::secret::scrub(line.trim())));
+            }
+            continue;
+        }
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains(pattern))
+        {
+            return (class, Some(crate::secret::scrub(line.trim())));
+        }
     }
+    (FailureClass::StorerFailed, None)
 }
 
 #[cfg(test)]
@@ -243,14 +319,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn classifies_storer_output() {
+        let failed = |stderr: &str| CmdError::Failed {
+            command: "condor_vault_storer x".into(),
+            status: "exited with status 1".into(),
+            output: crate::runner::Output {
+                code: Some(1),
+                stdout: String::new(),
+                stderr: stderr.into(),
+                duration: Duration::ZERO,
+            },
+        };
+        let (class, line) = classify(&failed(
+            "Looking up vault token failed: Failed to establish a new connection: [Errno 111] Connection refused\n\
+             Authentication needed for dune_production\ncondor_vault_storer: htgettoken failed\n",
+        ));
+        assert_eq!(class, FailureClass::VaultUnreachable);
+        assert!(line.unwrap().contains("Connection refused"));
+        let (class, _) = classify(&failed(
+            "Authentication needed for dune_production\nhtgettoken failed\n",
+        ));
+        assert_eq!(class, FailureClass::AuthenticationNeeded);
+        let (class, _) = classify(&failed(
+            "htgettoken: ... HTTPError: 403 Forbidden: permission denied\n",
+        ));
+        assert_eq!(class, FailureClass::PermissionDenied);
+        let (class, _) = classify(&failed(
+            "condor_vault_storer: Failed to store condor credentials for x\n",
+        ));
+        assert_eq!(class, FailureClass::CreddUnreachable);
+        assert_eq!(
+            classify(&failed("something else\n")).0,
+            FailureClass::StorerFailed
+        );
+    }
+
+    #[test]
     fn parses_schedd_names() {
-        assert_eq!(parse_names("a.fnal.gov\n127.0.0.1:9620\n\na.fnal.gov\n-x\n"), ["a.fnal.gov", "127.0.0.1:9620"]);
+        assert_eq!(
+            parse_names("a.fnal.gov\n127.0.0.1:9620\n\na.fnal.gov\n-x\n"),
+            ["a.fnal.gov", "127.0.0.1:9620"]
+        );
     }
 
     #[test]
     fn finds_the_vault_server_option() {
-        assert_eq!(server_option("-a htvault.fnal.gov --nooidc").as_deref(), Some("htvault.fnal.gov"));
-        assert_eq!(server_option("--vaultserver=https://v:8200").as_deref(), Some("https://v:8200"));
+        assert_eq!(
+            server_option("-a htvault.fnal.gov --nooidc").as_deref(),
+            Some("htvault.fnal.gov")
+        );
+        assert_eq!(
+            server_option("--vaultserver=https://v:8200").as_deref(),
+            Some("https://v:8200")
+        );
         assert_eq!(server_option("--cafile x"), None);
     }
 
@@ -266,9 +387,15 @@ mod tests {
         .unwrap();
         let s = &config.services[0];
         let day = Duration::from_secs(86400);
-        assert_eq!(htgettoken_options(&service_host, s, day), "--vaulttokenminttl=86400s --credkey=a/mt");
+        assert_eq!(
+            htgettoken_options(&service_host, s, day),
+            "--vaulttokenminttl=86400s --credkey=a/mt"
+        );
         service_host.htgettoken_options = Some("--cafile=/ca.pem --credkey=x".into());
-        assert_eq!(htgettoken_options(&service_host, s, day), "--cafile=/ca.pem --credkey=x --vaulttokenminttl=86400s");
+        assert_eq!(
+            htgettoken_options(&service_host, s, day),
+            "--cafile=/ca.pem --credkey=x --vaulttokenminttl=86400s"
+        );
         assert_eq!(gettoken_options(&service_host, "https://v"), "-a https://v");
     }
 }

@@ -77,13 +77,22 @@ impl Context {
     /// A lock serialising storer calls that share `key` (same local store file); one
     /// global key when storer calls cannot be isolated.
     pub fn storer_lock(&self, key: &str) -> Arc<Mutex<()>> {
-        let key = if self.config.storer_isolation { key } else { "" };
-        let mut locks = self.storer_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = if self.config.storer_isolation {
+            key
+        } else {
+            ""
+        };
+        let mut locks = self
+            .storer_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(locks.entry(key.to_string()).or_default())
     }
 
     /// The state database, if open.
     pub fn state(&self) -> Option<MutexGuard<'_, State>> {
-        self.state.as_ref().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
+        self.state
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }

@@ -17,7 +17,9 @@ pub struct Ccache {
 impl Ccache {
     /// The cache for `service` inside the run's private directory.
     pub fn for_service(dir: &Path, service: &Service) -> Self {
-        Self { path: dir.join(format!("krb5cc_{}", service.name)) }
+        Self {
+            path: dir.join(format!("krb5cc_{}", service.name)),
+        }
     }
 
     /// The value of `KRB5CCNAME`.
@@ -39,7 +41,9 @@ pub fn kinit_command(service: &Service, ccache: &Ccache, timeout: Duration) -> C
 
 /// `klist` of `ccache`.
 pub fn klist_command(ccache: &Ccache, timeout: Duration) -> Command {
-    Command::new("klist").env("KRB5CCNAME", ccache.env_value()).timeout(timeout)
+    Command::new("klist")
+        .env("KRB5CCNAME", ccache.env_value())
+        .timeout(timeout)
 }
 
 /// Obtains a ticket for `service` and checks its principal; `timeout` covers kinit and
@@ -54,7 +58,10 @@ pub fn obtain(
     if !service.keytab.is_file() {
         return Err(Failure::new(
             FailureClass::KinitFailed,
-            format!("keytab `{}` does not exist or is not a file", service.keytab.display()),
+            format!(
+                "keytab `{}` does not exist or is not a file",
+                service.keytab.display()
+            ),
         ));
     }
     let end = Instant::now() + timeout;
@@ -64,7 +71,11 @@ pub fn obtain(
         match result {
             Err(f) if attempt < retry.retries && f.class == FailureClass::KinitFailed => {
                 attempt += 1;
-                log::warn!("kinit for `{}` failed, retrying ({attempt}/{}): {f}", service.name, retry.retries);
+                log::warn!(
+                    "kinit for `{}` failed, retrying ({attempt}/{}): {f}",
+                    service.name,
+                    retry.retries
+                );
                 runner.sleep(retry.sleep);
             }
             other => return other,
@@ -72,8 +83,16 @@ pub fn obtain(
     }
 }
 
-fn attempt_once(runner: &Runner, service: &Service, ccache: &Ccache, end: Instant) -> Result<(), Failure> {
-    let remaining = || end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+fn attempt_once(
+    runner: &Runner,
+    service: &Service,
+    ccache: &Ccache,
+    end: Instant,
+) -> Result<(), Failure> {
+    let remaining = || {
+        end.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let what = format!("kinit as `{}`", service.principal);
     runner
         .run(&kinit_command(service, ccache, remaining()))
@@ -85,9 +104,15 @@ fn attempt_once(runner: &Runner, service: &Service, ccache: &Ccache, end: Instan
         Some(p) if p == service.principal => Ok(()),
         Some(p) => Err(Failure::new(
             FailureClass::PrincipalMismatch,
-            format!("the ticket is for `{p}`, the configuration expects `{}`", service.principal),
+            format!(
+                "the ticket is for `{p}`, the configuration expects `{}`",
+                service.principal
+            ),
         )),
-        None => Err(Failure::new(FailureClass::KinitFailed, "klist shows no default principal")),
+        None => Err(Failure::new(
+            FailureClass::KinitFailed,
+            "klist shows no default principal",
+        )),
     }
 }
 
@@ -108,7 +133,10 @@ mod tests {
     fn parses_klist() {
         let out = "Ticket cache: FILE:/tmp/x\nDefault principal: mtdune/managedtokens@TEST.REALM\n\n\
                    Valid starting     Expires            Service principal\n";
-        assert_eq!(default_principal(out), Some("mtdune/managedtokens@TEST.REALM"));
+        assert_eq!(
+            default_principal(out),
+            Some("mtdune/managedtokens@TEST.REALM")
+        );
         assert_eq!(default_principal("klist: No credentials cache found"), None);
     }
 }

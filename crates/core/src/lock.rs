@@ -67,7 +67,10 @@ mod tests {
     fn second_holder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let first = RunLock::acquire(dir.path(), "token-pusher").unwrap();
-        assert!(matches!(RunLock::acquire(dir.path(), "token-pusher"), Err(LockError::Held { .. })));
+        assert!(matches!(
+            RunLock::acquire(dir.path(), "token-pusher"),
+            Err(LockError::Held { .. })
+        ));
         RunLock::acquire(dir.path(), "ping-nodes").unwrap();
         drop(first);
         RunLock::acquire(dir.path(), "token-pusher").unwrap();

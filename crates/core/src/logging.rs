@@ -19,7 +19,12 @@ pub fn init(verbosity: i8, host: &HostEnv) {
     let mut builder = env_logger::Builder::new();
     // Third-party crates stay at warn unless RUST_LOG says otherwise.
     builder.filter_level(LevelFilter::Warn.min(level));
-    for target in ["managed_tokens_core", "token_refresher", "token_pusher", "ping_nodes"] {
+    for target in [
+        "managed_tokens_core",
+        "token_refresher",
+        "token_pusher",
+        "ping_nodes",
+    ] {
         builder.filter_module(target, level);
     }
     if let Some(spec) = &host.rust_log {

@@ -42,7 +42,12 @@ impl std::error::Error for NameError {}
 
 /// Checks `value` as a name of `kind`.
 pub fn validate(kind: NameKind, value: &str) -> Result<(), NameError> {
-    let fail = |reason| Err(NameError { value: value.to_string(), reason });
+    let fail = |reason| {
+        Err(NameError {
+            value: value.to_string(),
+            reason,
+        })
+    };
     if value.is_empty() {
         return fail("is empty");
     }
@@ -101,6 +106,10 @@ mod tests {
         validate(NameKind::Account, "dunepro").unwrap();
         validate(NameKind::Experiment, "dune-2").unwrap();
         validate(NameKind::CondorHost, "127.0.0.1:9618").unwrap();
-        validate(NameKind::Principal, "dunepro/managedtokens/host.fnal.gov@FNAL.GOV").unwrap();
+        validate(
+            NameKind::Principal,
+            "dunepro/managedtokens/host.fnal.gov@FNAL.GOV",
+        )
+        .unwrap();
     }
 }

@@ -9,7 +9,11 @@ use crate::runner::{Command, Runner};
 /// `ping -W <s> -c 1 [pingOptions] <node>`; `-W` and `-c` in the options replace the
 /// defaults (the Go service's merge).
 pub fn ping_command(node: &str, options: &[String], timeout: Duration) -> Command {
-    let has = |flag: &str| options.iter().any(|o| o == flag || (o.starts_with(flag) && o.len() > 2 && !o.starts_with("--")));
+    let has = |flag: &str| {
+        options
+            .iter()
+            .any(|o| o == flag || (o.starts_with(flag) && o.len() > 2 && !o.starts_with("--")))
+    };
     let mut cmd = Command::new("ping");
     if !has("-W") {
         cmd = cmd.arg("-W").arg("5");
@@ -21,32 +25,65 @@ pub fn ping_command(node: &str, options: &[String], timeout: Duration) -> Comman
 }
 
 /// Pings `node`.
-pub fn ping(runner: &Runner, node: &str, options: &[String], timeout: Duration) -> Result<(), Failure> {
+pub fn ping(
+    runner: &Runner,
+    node: &str,
+    options: &[String],
+    timeout: Duration,
+) -> Result<(), Failure> {
     runner
         .run(&ping_command(node, options, timeout))
         .map(|_| ())
-        .map_err(|e| Failure::from_cmd(FailureClass::Unreachable, format!("`{node}` did not answer ping"), &e))
+        .map_err(|e| {
+            Failure::from_cmd(
+                FailureClass::Unreachable,
+                format!("`{node}` did not answer ping"),
+                &e,
+            )
+        })
 }
 
 /// `ssh -G [sshOptions] <node>`: ssh's resolved configuration, without connecting.
 pub fn ssh_config_command(node: &str, ssh_options: &[String], timeout: Duration) -> Command {
-    Command::new("ssh").arg("-G").args(ssh_options.iter()).arg(node).timeout(timeout)
+    Command::new("ssh")
+        .arg("-G")
+        .args(ssh_options.iter())
+        .arg(node)
+        .timeout(timeout)
 }
 
 /// Checks that the node's ssh port, as ssh itself resolves it, accepts a connection.
-pub fn probe_ssh(runner: &Runner, node: &str, ssh_options: &[String], timeout: Duration) -> Result<(), Failure> {
+pub fn probe_ssh(
+    runner: &Runner,
+    node: &str,
+    ssh_options: &[String],
+    timeout: Duration,
+) -> Result<(), Failure> {
     let out = runner
         .run(&ssh_config_command(node, ssh_options, timeout))
-        .map_err(|e| Failure::from_cmd(FailureClass::Setup, format!("cannot resolve ssh settings for `{node}`"), &e))?;
+        .map_err(|e| {
+            Failure::from_cmd(
+                FailureClass::Setup,
+                format!("cannot resolve ssh settings for `{node}`"),
+                &e,
+            )
+        })?;
     let (host, port) = host_and_port(&out.stdout, node);
     let end = Instant::now() + timeout;
     let addrs: Vec<_> = (host.as_str(), port)
         .to_socket_addrs()
-        .map_err(|e| Failure::new(FailureClass::Unreachable, format!("cannot resolve `{host}`: {e}")))?
+        .map_err(|e| {
+            Failure::new(
+                FailureClass::Unreachable,
+                format!("cannot resolve `{host}`: {e}"),
+            )
+        })?
         .collect();
     let mut last = None;
     for addr in addrs {
-        let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        let left = end
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
         match TcpStream::connect_timeout(&addr, left) {
             Ok(_) => return Ok(()),
             Err(e) => last = Some(format!("{addr}: {e}")),
@@ -54,7 +91,10 @@ pub fn probe_ssh(runner: &Runner, node: &str, ssh_options: &[String], timeout: D
     }
     Err(Failure {
         detail: last,
-        ..Failure::new(FailureClass::Unreachable, format!("ssh port {port} of `{node}` refused the connection"))
+        ..Failure::new(
+            FailureClass::Unreachable,
+            format!("ssh port {port} of `{node}` refused the connection"),
+        )
     })
 }
 
@@ -86,6 +126,9 @@ mod tests {
 
     #[test]
     fn reads_ssh_g() {
-        assert_eq!(host_and_port("user x\nhostname 127.0.0.11\nport 2222\n", "n"), ("127.0.0.11".into(), 2222));
+        assert_eq!(
+            host_and_port("user x\nhostname 127.0.0.11\nport 2222\n", "n"),
+            ("127.0.0.11".into(), 2222)
+        );
     }
 }

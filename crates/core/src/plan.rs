@@ -30,21 +30,48 @@ pub enum Work {
 }
 
 /// Prints the plan of `work` for `services`.
-pub fn print(out: &mut dyn Write, work: Work, config: &Config, host: &HostEnv, services: &[Service]) -> io::Result<()> {
-    writeln!(out, "# dry run: nothing is executed; {RUN_DIR} is a private directory created per run")?;
+pub fn print(
+    out: &mut dyn Write,
+    work: Work,
+    config: &Config,
+    host: &HostEnv,
+    services: &[Service],
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "# dry run: nothing is executed; {RUN_DIR} is a private directory created per run"
+    )?;
     match work {
-        Work::Refresh => services.iter().try_for_each(|s| refresh(out, config, host, s)),
+        Work::Refresh => services
+            .iter()
+            .try_for_each(|s| refresh(out, config, host, s)),
         Work::Push => services.iter().try_for_each(|s| push(out, config, s)),
         Work::Ping(probe) => {
             for plan in reachability::nodes(services) {
-                writeln!(out, "\n# node {} (used by {})", plan.node, plan.services.join(", "))?;
+                writeln!(
+                    out,
+                    "\n# node {} (used by {})",
+                    plan.node,
+                    plan.services.join(", ")
+                )?;
                 let cmd = match probe {
-                    Probe::Icmp => ping::ping_command(plan.node, &plan.service.ping_options, config.timeouts.ping),
-                    Probe::Ssh => ping::ssh_config_command(plan.node, &plan.service.ssh_options, config.timeouts.ping),
+                    Probe::Icmp => ping::ping_command(
+                        plan.node,
+                        &plan.service.ping_options,
+                        config.timeouts.ping,
+                    ),
+                    Probe::Ssh => ping::ssh_config_command(
+                        plan.node,
+                        &plan.service.ssh_options,
+                        config.timeouts.ping,
+                    ),
                 };
                 line(out, &cmd)?;
                 if probe == Probe::Ssh {
-                    writeln!(out, "then a TCP connection to the hostname and port it prints")?;
+                    writeln!(
+                        out,
+                        "then a TCP connection to the hostname and port it prints"
+                    )?;
                 }
             }
             Ok(())
@@ -53,18 +80,32 @@ pub fn print(out: &mut dyn Write, work: Work, config: &Config, host: &HostEnv, s
 }
 
 fn line(out: &mut dyn Write, cmd: &Command) -> io::Result<()> {
-    writeln!(out, "{cmd}    # timeout {}", humantime::format_duration(cmd.limit()))
+    writeln!(
+        out,
+        "{cmd}    # timeout {}",
+        humantime::format_duration(cmd.limit())
+    )
 }
 
 fn kinit(out: &mut dyn Write, config: &Config, service: &Service) -> io::Result<Ccache> {
     let ccache = Ccache::for_service(Path::new(RUN_DIR), service);
-    line(out, &kerberos::kinit_command(service, &ccache, config.timeouts.kerberos))?;
-    line(out, &kerberos::klist_command(&ccache, config.timeouts.kerberos))?;
+    line(
+        out,
+        &kerberos::kinit_command(service, &ccache, config.timeouts.kerberos),
+    )?;
+    line(
+        out,
+        &kerberos::klist_command(&ccache, config.timeouts.kerberos),
+    )?;
     Ok(ccache)
 }
 
 fn refresh(out: &mut dyn Write, config: &Config, host: &HostEnv, s: &Service) -> io::Result<()> {
-    writeln!(out, "\n# service {} (real name {}, account {})", s.name, s.real_name, s.account)?;
+    writeln!(
+        out,
+        "\n# service {} (real name {}, account {})",
+        s.name, s.real_name, s.account
+    )?;
     let ccache = kinit(out, config, s)?;
     let vault = host
         .gettoken_options
@@ -74,15 +115,36 @@ fn refresh(out: &mut dyn Write, config: &Config, host: &HostEnv, s: &Service) ->
         .unwrap_or_else(|| "<from condor_config_val SEC_CREDENTIAL_GETTOKEN_OPTS>".into());
     let uid = "<uid>";
     if s.token_getter == TokenGetter::GetToken {
-        writeln!(out, "htgettoken -a {vault} -i {} -r {} --vaulttokenfile {RUN_DIR}/vt-N -o {RUN_DIR}/bt-N", s.real_experiment, s.role)?;
-        writeln!(out, "then store {}", s.token_store.join(format!("vt_u{uid}-{}", s.real_name)).display())?;
+        writeln!(
+            out,
+            "htgettoken -a {vault} -i {} -r {} --vaulttokenfile {RUN_DIR}/vt-N -o {RUN_DIR}/bt-N",
+            s.real_experiment, s.role
+        )?;
+        writeln!(
+            out,
+            "then store {}",
+            s.token_store
+                .join(format!("vt_u{uid}-{}", s.real_name))
+                .display()
+        )?;
         return Ok(());
     }
     let credds: Vec<String> = if s.credds.is_empty() {
         let collector = s.collectors.first().map_or("<collector>", String::as_str);
-        line(out, &condor::status_command(collector, s.schedd_constraint.as_deref(), config.timeouts.collector))?;
+        line(
+            out,
+            &condor::status_command(
+                collector,
+                s.schedd_constraint.as_deref(),
+                config.timeouts.collector,
+            ),
+        )?;
         if s.collectors.len() > 1 {
-            writeln!(out, "# then, if it does not answer: {}", s.collectors[1..].join(", "))?;
+            writeln!(
+                out,
+                "# then, if it does not answer: {}",
+                s.collectors[1..].join(", ")
+            )?;
         }
         vec!["<each credd listed>".into()]
     } else {
@@ -99,34 +161,76 @@ fn refresh(out: &mut dyn Write, config: &Config, host: &HostEnv, s: &Service) ->
             runtime_dir: Path::new("<run-dir>/xdg-N"),
             verbose: false,
         };
-        line(out, &condor::storer_command(&call, host, config.min_token_lifetime, config.timeouts.vault_storer))?;
+        line(
+            out,
+            &condor::storer_command(
+                &call,
+                host,
+                config.min_token_lifetime,
+                config.timeouts.vault_storer,
+            ),
+        )?;
         let store = vault::store_path(&s.token_store, 0, Some(credd), &s.real_name);
-        writeln!(out, "then store {}", store.display().to_string().replace("vt_u0-", "vt_u<uid>-"))?;
+        writeln!(
+            out,
+            "then store {}",
+            store.display().to_string().replace("vt_u0-", "vt_u<uid>-")
+        )?;
     }
     Ok(())
 }
 
 fn push(out: &mut dyn Write, config: &Config, s: &Service) -> io::Result<()> {
-    writeln!(out, "\n# service {} (real name {}, account {})", s.name, s.real_name, s.account)?;
-    let uid = s.desired_uid.map_or_else(|| "<uid>".to_string(), |u| u.to_string());
-    writeln!(out, "# uid: {}", match s.desired_uid {
-        Some(_) => "desiredUIDOverride".to_string(),
-        None => format!("state cache, else `getent passwd {}`", s.account),
-    })?;
+    writeln!(
+        out,
+        "\n# service {} (real name {}, account {})",
+        s.name, s.real_name, s.account
+    )?;
+    let uid = s
+        .desired_uid
+        .map_or_else(|| "<uid>".to_string(), |u| u.to_string());
+    writeln!(
+        out,
+        "# uid: {}",
+        match s.desired_uid {
+            Some(_) => "desiredUIDOverride".to_string(),
+            None => format!("state cache, else `getent passwd {}`", s.account),
+        }
+    )?;
     let ccache = kinit(out, config, s)?;
     let role_file = s.role_file_destination_for(&uid);
     let batches = [
-        Batch { dir: "/tmp".into(), files: vec![format!("vt_u{uid}").into(), format!("vt_u{uid}-{}", s.real_name).into()] },
         Batch {
-            dir: Path::new(&role_file).parent().map_or("/".into(), |p| p.display().to_string()),
-            files: vec![Path::new(&role_file).file_name().map(|n| n.into()).unwrap_or_default()],
+            dir: "/tmp".into(),
+            files: vec![
+                format!("vt_u{uid}").into(),
+                format!("vt_u{uid}-{}", s.real_name).into(),
+            ],
+        },
+        Batch {
+            dir: Path::new(&role_file)
+                .parent()
+                .map_or("/".into(), |p| p.display().to_string()),
+            files: vec![
+                Path::new(&role_file)
+                    .file_name()
+                    .map(|n| n.into())
+                    .unwrap_or_default(),
+            ],
         },
     ];
     for node in &s.nodes {
         for batch in &batches {
-            line(out, &transfer::rsync_command(s, node, batch, &ccache.env_value(), config.timeouts.push))?;
+            line(
+                out,
+                &transfer::rsync_command(s, node, batch, &ccache.env_value(), config.timeouts.push),
+            )?;
         }
     }
-    writeln!(out, "# destinations: /tmp/vt_u{uid}, /tmp/vt_u{uid}-{}, {role_file} (mode 0400)", s.real_name)?;
+    writeln!(
+        out,
+        "# destinations: /tmp/vt_u{uid}, /tmp/vt_u{uid}-{}, {role_file} (mode 0400)",
+        s.real_name
+    )?;
     Ok(())
 }

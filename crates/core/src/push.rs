@@ -20,7 +20,10 @@ use crate::vault;
 
 /// Pushes every service's token to its nodes.
 pub fn run(ctx: &Context, services: &[Service]) -> Vec<Outcome> {
-    services.par_iter().flat_map(|s| push_service(ctx, s)).collect()
+    services
+        .par_iter()
+        .flat_map(|s| push_service(ctx, s))
+        .collect()
 }
 
 /// Where a service's UID on the nodes comes from.
@@ -50,10 +53,10 @@ pub fn resolve_uid(ctx: &Context, service: &Service) -> Result<(u32, UidSource),
     let timeout = ctx.config.timeouts.kerberos;
     match accounts::lookup_uid(&ctx.runner, &service.account, timeout) {
         Ok(Some(uid)) => {
-            if let Some(mut state) = ctx.state() {
-                if let Err(e) = state.store_uid(&service.account, uid) {
-                    warn!("cannot cache the UID of `{}`: {e:#}", service.account);
-                }
+            if let Some(mut state) = ctx.state()
+                && let Err(e) = state.store_uid(&service.account, uid)
+            {
+                warn!("cannot cache the UID of `{}`: {e:#}", service.account);
             }
             Ok((uid, UidSource::Passwd))
         }
@@ -65,7 +68,10 @@ pub fn resolve_uid(ctx: &Context, service: &Service) -> Result<(u32, UidSource),
                 service.account
             ),
         )),
-        Err(e) => Err(Failure::new(FailureClass::NoUid, format!("UID lookup of `{}` failed: {e:#}", service.account))),
+        Err(e) => Err(Failure::new(
+            FailureClass::NoUid,
+            format!("UID lookup of `{}` failed: {e:#}", service.account),
+        )),
     }
 }
 
@@ -73,7 +79,13 @@ fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
     let started = Instant::now();
     let fail = |stage, failure: Failure| {
         log::error!("`{}`: {failure}", service.name);
-        vec![Outcome::failed(&service.name, Target::Service, stage, started.elapsed(), failure)]
+        vec![Outcome::failed(
+            &service.name,
+            Target::Service,
+            stage,
+            started.elapsed(),
+            failure,
+        )]
     };
     let uid = match resolve_uid(ctx, service) {
         Ok((uid, _)) => uid,
@@ -81,7 +93,11 @@ fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
     };
     let token = match vault::newest_token(&service.token_store, ctx.local_uid, &service.real_name) {
         Ok(Some((path, token))) => {
-            log::debug!("`{}`: pushing the token from `{}`", service.name, path.display());
+            log::debug!(
+                "`{}`: pushing the token from `{}`",
+                service.name,
+                path.display()
+            );
             token
         }
         Ok(None) => {
@@ -97,21 +113,46 @@ fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
                 ),
             );
         }
-        Err(e) => return fail(Stage::Setup, Failure::new(FailureClass::NoToken, format!("{e:#}"))),
+        Err(e) => {
+            return fail(
+                Stage::Setup,
+                Failure::new(FailureClass::NoToken, format!("{e:#}")),
+            );
+        }
     };
     let batches = match stage_files(ctx, service, uid, &token) {
         Ok(b) => b,
-        Err(e) => return fail(Stage::Setup, Failure::new(FailureClass::Setup, format!("{e:#}"))),
+        Err(e) => {
+            return fail(
+                Stage::Setup,
+                Failure::new(FailureClass::Setup, format!("{e:#}")),
+            );
+        }
     };
 
     let ccache = Ccache::for_service(ctx.dir(), service);
     let timeouts = &ctx.config.timeouts;
-    if let Err(f) = kerberos::obtain(&ctx.runner, service, &ccache, timeouts.kerberos, ctx.config.retries.kerberos) {
+    if let Err(f) = kerberos::obtain(
+        &ctx.runner,
+        service,
+        &ccache,
+        timeouts.kerberos,
+        ctx.config.retries.kerberos,
+    ) {
         return fail(Stage::Kerberos, f);
     }
     if ctx.test {
-        info!("test run: not pushing `{}` to {} nodes", service.name, service.nodes.len());
-        return vec![Outcome::ok(&service.name, Target::Service, Stage::Kerberos, started.elapsed())];
+        info!(
+            "test run: not pushing `{}` to {} nodes",
+            service.name,
+            service.nodes.len()
+        );
+        return vec![Outcome::ok(
+            &service.name,
+            Target::Service,
+            Stage::Kerberos,
+            started.elapsed(),
+        )];
     }
     service
         .nodes
@@ -122,21 +163,43 @@ fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
 
 /// Writes the files under their destination names, one directory per destination
 /// directory, so each node gets one rsync call per directory.
-fn stage_files(ctx: &Context, service: &Service, uid: u32, token: &str) -> anyhow::Result<Vec<Batch>> {
+fn stage_files(
+    ctx: &Context,
+    service: &Service,
+    uid: u32,
+    token: &str,
+) -> anyhow::Result<Vec<Batch>> {
     let mut by_dir: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let token_line = format!("{token}\n");
-    by_dir.entry("/tmp".into()).or_default().push((format!("vt_u{uid}"), token_line.clone()));
-    by_dir.entry("/tmp".into()).or_default().push((format!("vt_u{uid}-{}", service.real_name), token_line));
+    by_dir
+        .entry("/tmp".into())
+        .or_default()
+        .push((format!("vt_u{uid}"), token_line.clone()));
+    by_dir
+        .entry("/tmp".into())
+        .or_default()
+        .push((format!("vt_u{uid}-{}", service.real_name), token_line));
     let role_file = PathBuf::from(service.role_file_destination(uid));
-    let dir = role_file.parent().map_or_else(|| "/".to_string(), |d| d.display().to_string());
-    let name = role_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    by_dir.entry(dir).or_default().push((name, format!("{}\n", service.role)));
+    let dir = role_file
+        .parent()
+        .map_or_else(|| "/".to_string(), |d| d.display().to_string());
+    let name = role_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    by_dir
+        .entry(dir)
+        .or_default()
+        .push((name, format!("{}\n", service.role)));
 
     let root = ctx.dir().join(format!("push-{}", service.name));
     let mut batches = Vec::new();
     for (i, (dir, files)) in by_dir.into_iter().enumerate() {
         let local = root.join(i.to_string());
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&local)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&local)?;
         let mut paths = Vec::new();
         for (name, content) in files {
             let path = local.join(&name);
@@ -151,14 +214,24 @@ fn stage_files(ctx: &Context, service: &Service, uid: u32, token: &str) -> anyho
 fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(content.as_bytes())?;
     Ok(())
 }
 
 /// Pushes every batch to `node`, retrying per `workerType.pushTokens` within
 /// `pushTimeout`; an unreachable node is not retried.
-fn push_node(ctx: &Context, service: &Service, node: &str, batches: &[Batch], ccache: &Ccache) -> Outcome {
+fn push_node(
+    ctx: &Context,
+    service: &Service,
+    node: &str,
+    batches: &[Batch],
+    ccache: &Ccache,
+) -> Outcome {
     let started = Instant::now();
     let end = started + ctx.config.timeouts.push;
     let retry = ctx.config.retries.push;
@@ -167,9 +240,16 @@ fn push_node(ctx: &Context, service: &Service, node: &str, batches: &[Batch], cc
     let result = loop {
         let result = push_once(ctx, service, node, batches, ccache, end);
         match result {
-            Err(f) if attempt < retry.retries && retryable(&f) && Instant::now() + retry.sleep < end => {
+            Err(f)
+                if attempt < retry.retries
+                    && retryable(&f)
+                    && Instant::now() + retry.sleep < end =>
+            {
                 attempt += 1;
-                warn!("`{}`: push to `{node}` failed, retrying ({attempt}/{}): {f}", service.name, retry.retries);
+                warn!(
+                    "`{}`: push to `{node}` failed, retrying ({attempt}/{}): {f}",
+                    service.name, retry.retries
+                );
                 ctx.runner.sleep(retry.sleep);
             }
             other => break other,
@@ -177,7 +257,11 @@ fn push_node(ctx: &Context, service: &Service, node: &str, batches: &[Batch], cc
     };
     match result {
         Ok(()) => {
-            info!("pushed the vault token of `{}` to `{node}` in {:.1}s", service.name, started.elapsed().as_secs_f64());
+            info!(
+                "pushed the vault token of `{}` to `{node}` in {:.1}s",
+                service.name,
+                started.elapsed().as_secs_f64()
+            );
             Outcome::ok(&service.name, target, Stage::Push, started.elapsed())
         }
         Err(f) => {
@@ -188,7 +272,10 @@ fn push_node(ctx: &Context, service: &Service, node: &str, batches: &[Batch], cc
 }
 
 fn retryable(f: &Failure) -> bool {
-    !matches!(f.class, FailureClass::Unreachable | FailureClass::Cancelled | FailureClass::Timeout)
+    !matches!(
+        f.class,
+        FailureClass::Unreachable | FailureClass::Cancelled | FailureClass::Timeout
+    )
 }
 
 fn push_once(
@@ -202,11 +289,24 @@ fn push_once(
     for batch in batches {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure::new(FailureClass::Timeout, format!("push to `{node}` exceeded pushTimeout")));
+            return Err(Failure::new(
+                FailureClass::Timeout,
+                format!("push to `{node}` exceeded pushTimeout"),
+            ));
         }
-        let cmd = transfer::rsync_command(service, node, batch, &ccache.env_value(), left.max(Duration::from_millis(100)));
+        let cmd = transfer::rsync_command(
+            service,
+            node,
+            batch,
+            &ccache.env_value(),
+            left.max(Duration::from_millis(100)),
+        );
         ctx.runner.run(&cmd).map_err(|e| {
-            Failure::from_cmd(transfer::classify(&e), format!("rsync to `{node}:{}` failed", batch.dir), &e)
+            Failure::from_cmd(
+                transfer::classify(&e),
+                format!("rsync to `{node}:{}` failed", batch.dir),
+                &e,
+            )
         })?;
     }
     Ok(())

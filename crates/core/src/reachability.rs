@@ -30,7 +30,11 @@ pub fn nodes(services: &[Service]) -> Vec<NodePlan<'_>> {
         for node in &service.nodes {
             nodes
                 .entry(node)
-                .or_insert_with(|| NodePlan { node, services: Vec::new(), service })
+                .or_insert_with(|| NodePlan {
+                    node,
+                    services: Vec::new(),
+                    service,
+                })
                 .services
                 .push(service.name.clone());
         }
@@ -40,7 +44,10 @@ pub fn nodes(services: &[Service]) -> Vec<NodePlan<'_>> {
 
 /// Checks every node once.
 pub fn run(ctx: &Context, services: &[Service], probe: Probe) -> Vec<Outcome> {
-    nodes(services).par_iter().map(|plan| check(ctx, plan, probe)).collect()
+    nodes(services)
+        .par_iter()
+        .map(|plan| check(ctx, plan, probe))
+        .collect()
 }
 
 fn check(ctx: &Context, plan: &NodePlan<'_>, probe: Probe) -> Outcome {
@@ -51,7 +58,9 @@ fn check(ctx: &Context, plan: &NodePlan<'_>, probe: Probe) -> Outcome {
     let result = loop {
         let result = match probe {
             Probe::Icmp => ping::ping(&ctx.runner, plan.node, &plan.service.ping_options, timeout),
-            Probe::Ssh => ping::probe_ssh(&ctx.runner, plan.node, &plan.service.ssh_options, timeout),
+            Probe::Ssh => {
+                ping::probe_ssh(&ctx.runner, plan.node, &plan.service.ssh_options, timeout)
+            }
         };
         if result.is_ok() || attempt >= retry.retries || ctx.runner.is_cancelled() {
             break result;
@@ -69,12 +78,23 @@ fn check(ctx: &Context, plan: &NodePlan<'_>, probe: Probe) -> Outcome {
     };
     match result {
         Ok(()) => {
-            info!("node `{}` is reachable ({:.2}s)", plan.node, started.elapsed().as_secs_f64());
+            info!(
+                "node `{}` is reachable ({:.2}s)",
+                plan.node,
+                started.elapsed().as_secs_f64()
+            );
             outcome
         }
         Err(f) => {
-            log::error!("node `{}` used by {} is unreachable: {f}", plan.node, plan.services.join(", "));
-            Outcome { failure: Some(f), ..outcome }
+            log::error!(
+                "node `{}` used by {} is unreachable: {f}",
+                plan.node,
+                plan.services.join(", ")
+            );
+            Outcome {
+                failure: Some(f),
+                ..outcome
+            }
         }
     }
 }

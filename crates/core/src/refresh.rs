@@ -34,14 +34,26 @@ pub enum Mode {
 
 /// Refreshes every service in parallel; one outcome per (service, stage, target).
 pub fn run(ctx: &Context, services: &[Service], mode: Mode) -> Vec<Outcome> {
-    services.par_iter().flat_map(|s| refresh_service(ctx, s, mode)).collect()
+    services
+        .par_iter()
+        .flat_map(|s| refresh_service(ctx, s, mode))
+        .collect()
 }
 
 fn refresh_service(ctx: &Context, service: &Service, mode: Mode) -> Vec<Outcome> {
     let started = Instant::now();
     let fail = |stage, target, failure: Failure| {
-        log::error!("`{}`: {target} failed at {stage:?}: {failure}", service.name);
-        vec![Outcome::failed(&service.name, target, stage, started.elapsed(), failure)]
+        log::error!(
+            "`{}`: {target} failed at {stage:?}: {failure}",
+            service.name
+        );
+        vec![Outcome::failed(
+            &service.name,
+            target,
+            stage,
+            started.elapsed(),
+            failure,
+        )]
     };
     let vault = match condor::vault_server(
         &ctx.runner,
@@ -56,16 +68,30 @@ fn refresh_service(ctx: &Context, service: &Service, mode: Mode) -> Vec<Outcome>
 
     let ccache = Ccache::for_service(ctx.dir(), service);
     let timeouts = &ctx.config.timeouts;
-    if let Err(f) = kerberos::obtain(&ctx.runner, service, &ccache, timeouts.kerberos, ctx.config.retries.kerberos) {
+    if let Err(f) = kerberos::obtain(
+        &ctx.runner,
+        service,
+        &ccache,
+        timeouts.kerberos,
+        ctx.config.retries.kerberos,
+    ) {
         return fail(Stage::Kerberos, Target::Service, f);
     }
-    let mut outcomes = vec![Outcome::ok(&service.name, Target::Service, Stage::Kerberos, started.elapsed())];
+    let mut outcomes = vec![Outcome::ok(
+        &service.name,
+        Target::Service,
+        Stage::Kerberos,
+        started.elapsed(),
+    )];
 
     match service.token_getter {
         TokenGetter::GetToken => outcomes.push(get_token(ctx, service, &ccache, &vault, mode)),
         TokenGetter::StoreAndGetToken => {
             let discovery_started = Instant::now();
-            let credds = match ctx.discovery.credds(&ctx.runner, service, timeouts.collector) {
+            let credds = match ctx
+                .discovery
+                .credds(&ctx.runner, service, timeouts.collector)
+            {
                 Ok(c) => c,
                 Err(f) => {
                     let target = Target::Collector(service.collectors.join(","));
@@ -73,13 +99,27 @@ fn refresh_service(ctx: &Context, service: &Service, mode: Mode) -> Vec<Outcome>
                     return outcomes;
                 }
             };
-            let one = |credd: &String| store(ctx, service, credd, credds.collector.as_deref(), &ccache, &vault, mode);
+            let one = |credd: &String| {
+                store(
+                    ctx,
+                    service,
+                    credd,
+                    credds.collector.as_deref(),
+                    &ccache,
+                    &vault,
+                    mode,
+                )
+            };
             if mode == Mode::Onboarding {
                 outcomes.extend(credds.credds.iter().map(one));
             } else {
                 outcomes.extend(credds.credds.par_iter().map(one).collect::<Vec<_>>());
             }
-            log::debug!("`{}`: credds found in {:.2}s", service.name, discovery_started.elapsed().as_secs_f64());
+            log::debug!(
+                "`{}`: credds found in {:.2}s",
+                service.name,
+                discovery_started.elapsed().as_secs_f64()
+            );
         }
     }
     outcomes
@@ -97,7 +137,12 @@ fn store(
     mode: Mode,
 ) -> Outcome {
     let started = Instant::now();
-    let store_file = vault::store_path(&service.token_store, ctx.local_uid, Some(credd), &service.real_name);
+    let store_file = vault::store_path(
+        &service.token_store,
+        ctx.local_uid,
+        Some(credd),
+        &service.real_name,
+    );
     let lock = ctx.storer_lock(&store_file.to_string_lossy());
     let _serial = lock.lock().unwrap_or_else(PoisonError::into_inner);
 
@@ -119,7 +164,11 @@ fn store(
     let target = Target::Credd(credd.to_string());
     match result {
         Ok(()) => {
-            info!("stored the vault token of `{}` in credd `{credd}` in {:.1}s", service.name, started.elapsed().as_secs_f64());
+            info!(
+                "stored the vault token of `{}` in credd `{credd}` in {:.1}s",
+                service.name,
+                started.elapsed().as_secs_f64()
+            );
             Outcome::ok(&service.name, target, Stage::Store, started.elapsed())
         }
         Err(f) => {
@@ -134,14 +183,25 @@ fn run_storer(ctx: &Context, call: &StorerCall<'_>, mode: Mode) -> Result<(), Fa
     let what = format!("condor_vault_storer for credd `{}`", call.credd);
     match mode {
         Mode::Onboarding => {
-            let cmd = condor::storer_command(call, &ctx.host, ctx.config.min_token_lifetime, timeouts.onboarding).interactive();
+            let cmd = condor::storer_command(
+                call,
+                &ctx.host,
+                ctx.config.min_token_lifetime,
+                timeouts.onboarding,
+            )
+            .interactive();
             ctx.runner
                 .run(&cmd)
                 .map(|_| ())
                 .map_err(|e| Failure::from_cmd(FailureClass::StorerFailed, &what, &e))
         }
         Mode::Batch => {
-            let cmd = condor::storer_command(call, &ctx.host, ctx.config.min_token_lifetime, timeouts.vault_storer);
+            let cmd = condor::storer_command(
+                call,
+                &ctx.host,
+                ctx.config.min_token_lifetime,
+                timeouts.vault_storer,
+            );
             with_retries(ctx, &cmd, &what, condor::classify)
         }
     }
@@ -153,7 +213,7 @@ fn with_retries(
     ctx: &Context,
     cmd: &Command,
     what: &str,
-    classify: fn(&crate::runner::CmdError) -> FailureClass,
+    classify: fn(&crate::runner::CmdError) -> (FailureClass, Option<String>),
 ) -> Result<(), Failure> {
     let retry = ctx.config.retries.token;
     let mut attempt = 0;
@@ -161,16 +221,25 @@ fn with_retries(
         match ctx.runner.run(cmd) {
             Ok(_) => return Ok(()),
             Err(e) => {
-                let failure = Failure::from_cmd(classify(&e), what, &e);
+                let (class, line) = classify(&e);
+                let mut failure = Failure::from_cmd(class, what, &e);
+                if line.is_some() && failure.class == class {
+                    failure.detail = line;
+                }
                 let final_class = matches!(
                     failure.class,
-                    FailureClass::AuthenticationNeeded | FailureClass::PermissionDenied | FailureClass::Cancelled
+                    FailureClass::AuthenticationNeeded
+                        | FailureClass::PermissionDenied
+                        | FailureClass::Cancelled
                 );
                 if attempt >= retry.retries || final_class {
                     return Err(failure);
                 }
                 attempt += 1;
-                warn!("{what} failed, retrying ({attempt}/{}): {failure}", retry.retries);
+                warn!(
+                    "{what} failed, retrying ({attempt}/{}): {failure}",
+                    retry.retries
+                );
                 ctx.runner.sleep(retry.sleep);
             }
         }
@@ -195,7 +264,12 @@ impl Staging {
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&runtime_dir)
-            .map_err(|e| setup(anyhow::anyhow!("failed to create `{}`: {e}", runtime_dir.display())))?;
+            .map_err(|e| {
+                setup(anyhow::anyhow!(
+                    "failed to create `{}`: {e}",
+                    runtime_dir.display()
+                ))
+            })?;
 
         // With isolation every call has its own ID, so its /tmp files cannot collide with
         // another service's. Without it, the storer uses u<uid> and calls are serialised;
@@ -208,12 +282,26 @@ impl Staging {
         };
         let tmp_token = Path::new(STORER_TMP).join(format!("vt_{stem}-{}", service.real_name));
         let tmp_copy = Path::new(STORER_TMP).join(format!("vt_{stem}"));
-        let mut staging = Self { id, tmp_token, tmp_copy, runtime_dir, backup: None };
+        let mut staging = Self {
+            id,
+            tmp_token,
+            tmp_copy,
+            runtime_dir,
+            backup: None,
+        };
         if staging.id.is_none() && staging.tmp_token.exists() {
             let backup = ctx.dir().join(format!("backup-{n}"));
             fs::rename(&staging.tmp_token, &backup)
-                .or_else(|_| fs::copy(&staging.tmp_token, &backup).and_then(|_| fs::remove_file(&staging.tmp_token)))
-                .map_err(|e| setup(anyhow::anyhow!("failed to move `{}` aside: {e}", staging.tmp_token.display())))?;
+                .or_else(|_| {
+                    fs::copy(&staging.tmp_token, &backup)
+                        .and_then(|_| fs::remove_file(&staging.tmp_token))
+                })
+                .map_err(|e| {
+                    setup(anyhow::anyhow!(
+                        "failed to move `{}` aside: {e}",
+                        staging.tmp_token.display()
+                    ))
+                })?;
             staging.backup = Some(backup);
         }
         match vault::read_token(store_file) {
@@ -231,25 +319,33 @@ impl Staging {
             .ok_or_else(|| {
                 Failure::new(
                     FailureClass::StorerFailed,
-                    format!("the storer succeeded but left no vault token in `{}`", self.tmp_token.display()),
+                    format!(
+                        "the storer succeeded but left no vault token in `{}`",
+                        self.tmp_token.display()
+                    ),
                 )
             })?;
-        vault::install(store_file, &token).map_err(|e| Failure::new(FailureClass::Setup, format!("{e:#}")))
+        vault::install(store_file, &token)
+            .map_err(|e| Failure::new(FailureClass::Setup, format!("{e:#}")))
     }
 
     fn clean_up(self) {
         for path in [&self.tmp_token, &self.tmp_copy] {
-            if let Err(e) = fs::remove_file(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!("failed to remove `{}`: {e}", path.display());
-                }
+            if let Err(e) = fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("failed to remove `{}`: {e}", path.display());
             }
         }
         let _ = fs::remove_dir_all(&self.runtime_dir);
-        if let Some(backup) = &self.backup {
-            if let Err(e) = fs::rename(backup, &self.tmp_token) {
-                warn!("failed to restore `{}` from `{}`: {e}", self.tmp_token.display(), backup.display());
-            }
+        if let Some(backup) = &self.backup
+            && let Err(e) = fs::rename(backup, &self.tmp_token)
+        {
+            warn!(
+                "failed to restore `{}` from `{}`: {e}",
+                self.tmp_token.display(),
+                backup.display()
+            );
         }
     }
 }
@@ -279,21 +375,36 @@ pub fn htgettoken_command(
         cmd = cmd.arg("--verbose");
     }
     cmd.env("KRB5CCNAME", ccache.env_value())
-        .env("HTGETTOKENOPTS", condor::htgettoken_options(&ctx.host, service, ctx.config.min_token_lifetime))
+        .env(
+            "HTGETTOKENOPTS",
+            condor::htgettoken_options(&ctx.host, service, ctx.config.min_token_lifetime),
+        )
         .timeout(timeout)
 }
 
 /// `tokenGetterOverride: getToken`: htgettoken straight into the local store (through a
 /// private staging file, so a failed call never touches a good copy).
-fn get_token(ctx: &Context, service: &Service, ccache: &Ccache, vault: &str, mode: Mode) -> Outcome {
+fn get_token(
+    ctx: &Context,
+    service: &Service,
+    ccache: &Ccache,
+    vault: &str,
+    mode: Mode,
+) -> Outcome {
     let started = Instant::now();
-    let store_file = vault::store_path(&service.token_store, ctx.local_uid, None, &service.real_name);
+    let store_file = vault::store_path(
+        &service.token_store,
+        ctx.local_uid,
+        None,
+        &service.real_name,
+    );
     let n = ctx.next_id();
     let staged = ctx.dir().join(format!("vt-{n}"));
     let bearer = ctx.dir().join(format!("bt-{n}"));
     let result = (|| {
         if let Ok(Some(token)) = vault::read_token(&store_file) {
-            vault::write_new(&staged, &token).map_err(|e| Failure::new(FailureClass::Setup, format!("{e:#}")))?;
+            vault::write_new(&staged, &token)
+                .map_err(|e| Failure::new(FailureClass::Setup, format!("{e:#}")))?;
         }
         let timeout = match mode {
             Mode::Batch => ctx.config.timeouts.vault_storer,
@@ -304,23 +415,41 @@ fn get_token(ctx: &Context, service: &Service, ccache: &Ccache, vault: &str, mod
             cmd = cmd.interactive();
         }
         with_retries(ctx, &cmd, "htgettoken", condor::classify)?;
-        let token = vault::read_token(&staged)
-            .ok()
-            .flatten()
-            .ok_or_else(|| Failure::new(FailureClass::StorerFailed, "htgettoken succeeded but wrote no vault token"))?;
-        vault::install(&store_file, &token).map_err(|e| Failure::new(FailureClass::Setup, format!("{e:#}")))
+        let token = vault::read_token(&staged).ok().flatten().ok_or_else(|| {
+            Failure::new(
+                FailureClass::StorerFailed,
+                "htgettoken succeeded but wrote no vault token",
+            )
+        })?;
+        vault::install(&store_file, &token)
+            .map_err(|e| Failure::new(FailureClass::Setup, format!("{e:#}")))
     })();
     for path in [&staged, &bearer] {
         let _ = fs::remove_file(path);
     }
     match result {
         Ok(()) => {
-            info!("obtained the vault token of `{}` with htgettoken in {:.1}s", service.name, started.elapsed().as_secs_f64());
-            Outcome::ok(&service.name, Target::Service, Stage::GetToken, started.elapsed())
+            info!(
+                "obtained the vault token of `{}` with htgettoken in {:.1}s",
+                service.name,
+                started.elapsed().as_secs_f64()
+            );
+            Outcome::ok(
+                &service.name,
+                Target::Service,
+                Stage::GetToken,
+                started.elapsed(),
+            )
         }
         Err(f) => {
             log::error!("`{}`: htgettoken failed: {f}", service.name);
-            Outcome::failed(&service.name, Target::Service, Stage::GetToken, started.elapsed(), f)
+            Outcome::failed(
+                &service.name,
+                Target::Service,
+                Stage::GetToken,
+                started.elapsed(),
+                f,
+            )
         }
     }
 }

@@ -106,7 +106,7 @@ pub enum FailureClass {
     NoSchedds,
     /// The vault server did not answer.
     VaultUnreachable,
-    /// The credd did not answer.
+    /// The credd did not answer or did not accept the credential.
     CreddUnreachable,
     /// The step outlived its timeout.
     Timeout,
@@ -138,7 +138,7 @@ impl FailureClass {
             Self::CollectorUnreachable => "collector unreachable",
             Self::NoSchedds => "no schedds",
             Self::VaultUnreachable => "vault unreachable",
-            Self::CreddUnreachable => "credd unreachable",
+            Self::CreddUnreachable => "credd unreachable or refusing",
             Self::Timeout => "timeout",
             Self::AuthenticationNeeded => "authentication needed: re-onboard",
             Self::PermissionDenied => "permission denied",
@@ -174,7 +174,12 @@ pub struct Failure {
 impl Failure {
     /// A failure with no child output.
     pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), detail: None, stderr: String::new() }
+        Self {
+            class,
+            message: message.into(),
+            detail: None,
+            stderr: String::new(),
+        }
     }
 
     /// A failure of a child, classified by `class`; timeouts and cancellations are
@@ -194,13 +199,19 @@ impl Failure {
         let stderr = crate::secret::scrub(&cap(&output, 4000));
         let detail = match err {
             CmdError::Spawn { source, .. } => Some(source.to_string()),
-            CmdError::TimedOut { limit, .. } => {
-                Some(format!("killed after {}", humantime::format_duration(*limit)))
-            }
+            CmdError::TimedOut { limit, .. } => Some(format!(
+                "killed after {}",
+                humantime::format_duration(*limit)
+            )),
             CmdError::Cancelled { reason, .. } => Some((*reason).to_string()),
             CmdError::Failed { .. } => decisive_line(&stderr),
         };
-        Self { class, message: message.into(), detail, stderr }
+        Self {
+            class,
+            message: message.into(),
+            detail,
+            stderr,
+        }
     }
 }
 
@@ -217,9 +228,21 @@ impl fmt::Display for Failure {
 /// The line of a child's output that says what went wrong: the last line that mentions
 /// an error, else the last non-empty line.
 pub fn decisive_line(output: &str) -> Option<String> {
-    let lines: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    const HINTS: [&str; 8] =
-        ["error", "denied", "failed", "refused", "timed out", "not ", "unable", "cannot"];
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    const HINTS: [&str; 8] = [
+        "error",
+        "denied",
+        "failed",
+        "refused",
+        "timed out",
+        "not ",
+        "unable",
+        "cannot",
+    ];
     lines
         .iter()
         .rev()
@@ -282,7 +305,10 @@ impl Outcome {
         duration: Duration,
         failure: Failure,
     ) -> Self {
-        Self { failure: Some(failure), ..Self::ok(service, target, stage, duration) }
+        Self {
+            failure: Some(failure),
+            ..Self::ok(service, target, stage, duration)
+        }
     }
 
     /// Whether it succeeded.
@@ -335,7 +361,8 @@ impl RunReport {
 
     /// Whether `service` had any failure in this run.
     pub fn service_failed(&self, service: &str) -> bool {
-        self.failures().any(|o| o.service.as_deref() == Some(service))
+        self.failures()
+            .any(|o| o.service.as_deref() == Some(service))
     }
 
     /// The exit status the outcomes call for.
@@ -349,8 +376,11 @@ impl RunReport {
 
     /// The `--json` run summary.
     pub fn summary(&self) -> serde_json::Value {
-        let failed_services: Vec<&String> =
-            self.services.iter().filter(|s| self.service_failed(s)).collect();
+        let failed_services: Vec<&String> = self
+            .services
+            .iter()
+            .filter(|s| self.service_failed(s))
+            .collect();
         serde_json::json!({
             "schema": SCHEMA_VERSION,
             "binary": self.binary,
@@ -378,7 +408,10 @@ mod tests {
     #[test]
     fn decisive_line_prefers_errors() {
         let out = "debug1: hello\nPermission denied (gssapi-with-mic).\nrsync: connection unexpectedly closed\n\n";
-        assert_eq!(decisive_line(out).unwrap(), "Permission denied (gssapi-with-mic).");
+        assert_eq!(
+            decisive_line(out).unwrap(),
+            "Permission denied (gssapi-with-mic)."
+        );
         assert_eq!(decisive_line("just\nlines").unwrap(), "lines");
         assert_eq!(decisive_line(""), None);
     }
@@ -386,7 +419,12 @@ mod tests {
     #[test]
     fn exit_reflects_failures() {
         let mut report = RunReport::new(Binary::TokenPusher, false, vec!["a_b".into()]);
-        report.outcomes.push(Outcome::ok("a_b", Target::Node("n".into()), Stage::Push, Duration::ZERO));
+        report.outcomes.push(Outcome::ok(
+            "a_b",
+            Target::Node("n".into()),
+            Stage::Push,
+            Duration::ZERO,
+        ));
         assert_eq!(report.exit(), Exit::Success);
         report.outcomes.push(Outcome::failed(
             "a_b",

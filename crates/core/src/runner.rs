@@ -66,14 +66,20 @@ impl Command {
     /// Appends an argument.
     #[must_use]
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.args.push(Word { value: arg.into(), secret: false });
+        self.args.push(Word {
+            value: arg.into(),
+            secret: false,
+        });
         self
     }
 
     /// Appends arguments.
     #[must_use]
     pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
-        self.args.extend(args.into_iter().map(|a| Word { value: a.into(), secret: false }));
+        self.args.extend(args.into_iter().map(|a| Word {
+            value: a.into(),
+            secret: false,
+        }));
         self
     }
 
@@ -81,7 +87,13 @@ impl Command {
     #[must_use]
     pub fn env(mut self, name: &str, value: impl Into<OsString>) -> Self {
         self.env.retain(|(n, _)| n != name);
-        self.env.push((name.to_string(), Word { value: value.into(), secret: false }));
+        self.env.push((
+            name.to_string(),
+            Word {
+                value: value.into(),
+                secret: false,
+            },
+        ));
         self
     }
 
@@ -89,7 +101,13 @@ impl Command {
     #[must_use]
     pub fn secret_env(mut self, name: &str, value: impl Into<OsString>) -> Self {
         self.env.retain(|(n, _)| n != name);
-        self.env.push((name.to_string(), Word { value: value.into(), secret: true }));
+        self.env.push((
+            name.to_string(),
+            Word {
+                value: value.into(),
+                secret: true,
+            },
+        ));
         self
     }
 
@@ -123,7 +141,11 @@ impl Command {
     /// The arguments, unmasked (for tests and for the runner itself).
     pub fn argv(&self) -> Vec<String> {
         std::iter::once(self.program.clone())
-            .chain(self.args.iter().map(|w| w.value.to_string_lossy().into_owned()))
+            .chain(
+                self.args
+                    .iter()
+                    .map(|w| w.value.to_string_lossy().into_owned()),
+            )
             .collect()
     }
 
@@ -142,7 +164,10 @@ impl Command {
 
     /// The variables set on the child, with secrets masked, as `NAME=value` words.
     pub fn env_display(&self) -> Vec<String> {
-        self.env.iter().map(|(n, w)| format!("{n}={}", w.display())).collect()
+        self.env
+            .iter()
+            .map(|(n, w)| format!("{n}={}", w.display()))
+            .collect()
     }
 }
 
@@ -152,7 +177,9 @@ impl Word {
             return "***".to_string();
         }
         let s = self.value.to_string_lossy();
-        shlex::try_quote(&s).map(|q| q.into_owned()).unwrap_or_else(|_| s.escape_debug().to_string())
+        shlex::try_quote(&s)
+            .map(|q| q.into_owned())
+            .unwrap_or_else(|_| s.escape_debug().to_string())
     }
 }
 
@@ -339,14 +366,21 @@ impl Runner {
             Some(code) => format!("exited with status {code}"),
             None => "was killed by a signal".to_string(),
         };
-        Err(CmdError::Failed { command: cmd.to_string(), status, output })
+        Err(CmdError::Failed {
+            command: cmd.to_string(),
+            status,
+            output,
+        })
     }
 
     /// Runs `cmd` and returns its output whatever its exit status.
     pub fn run_unchecked(&self, cmd: &Command) -> Result<Output, CmdError> {
         let rendered = cmd.to_string();
         if self.inner.cancelled.load(Ordering::SeqCst) {
-            return Err(CmdError::Cancelled { command: rendered, reason: "the run was cancelled" });
+            return Err(CmdError::Cancelled {
+                command: rendered,
+                reason: "the run was cancelled",
+            });
         }
         let now = Instant::now();
         if now >= self.inner.deadline {
@@ -363,8 +397,14 @@ impl Runner {
 
         debug!("running {rendered}");
         let started = Instant::now();
-        let handle = spawn(cmd).map_err(|source| CmdError::Spawn { command: rendered.clone(), source })?;
-        let group = handle.pids().first().and_then(|&pid| i32::try_from(pid).ok());
+        let handle = spawn(cmd).map_err(|source| CmdError::Spawn {
+            command: rendered.clone(),
+            source,
+        })?;
+        let group = handle
+            .pids()
+            .first()
+            .and_then(|&pid| i32::try_from(pid).ok());
         if let Some(group) = group.filter(|_| !cmd.interactive) {
             self.live().insert(group);
         }
@@ -372,15 +412,26 @@ impl Runner {
         if let Some(group) = group {
             self.live().remove(&group);
         }
-        let output = waited.map_err(|source| CmdError::Spawn { command: rendered.clone(), source })?;
+        let output = waited.map_err(|source| CmdError::Spawn {
+            command: rendered.clone(),
+            source,
+        })?;
         let duration = started.elapsed();
 
         let Some(raw) = output else {
             let stderr = String::new();
             if self.inner.cancelled.load(Ordering::SeqCst) {
-                return Err(CmdError::Cancelled { command: rendered, reason: "the run was cancelled" });
+                return Err(CmdError::Cancelled {
+                    command: rendered,
+                    reason: "the run was cancelled",
+                });
             }
-            return Err(CmdError::TimedOut { command: rendered, limit, global, stderr });
+            return Err(CmdError::TimedOut {
+                command: rendered,
+                limit,
+                global,
+                stderr,
+            });
         };
         let output = Output {
             code: raw.status.code(),
@@ -391,7 +442,10 @@ impl Runner {
         debug!(
             "`{}` finished with {} in {:.2}s",
             cmd.program,
-            raw.status.code().map_or_else(|| format!("signal {:?}", raw.status.signal()), |c| format!("status {c}")),
+            raw.status.code().map_or_else(
+                || format!("signal {:?}", raw.status.signal()),
+                |c| format!("status {c}")
+            ),
             duration.as_secs_f64()
         );
         trace!("`{}` stdout: {:?}", cmd.program, output.stdout);
@@ -409,7 +463,9 @@ impl Runner {
     ) -> io::Result<Option<std::process::Output>> {
         let end = Instant::now() + limit;
         loop {
-            let step = end.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
+            let step = end
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50));
             if let Some(out) = handle.wait_timeout(step)? {
                 return Ok(Some(out.clone()));
             }
@@ -432,11 +488,17 @@ impl Runner {
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
-        self.inner.live.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-#[expect(clippy::disallowed_methods, reason = "this module is the one place children start")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "this module is the one place children start"
+)]
 fn spawn(cmd: &Command) -> io::Result<duct::Handle> {
     let args: Vec<OsString> = cmd.args.iter().map(|w| w.value.clone()).collect();
     let mut expr = duct::cmd(&cmd.program, args).unchecked();
@@ -467,11 +529,13 @@ fn spawn(cmd: &Command) -> io::Result<duct::Handle> {
 }
 
 fn signal_group(group: i32, signal: rustix::process::Signal) {
-    let Some(pid) = rustix::process::Pid::from_raw(group) else { return };
-    if let Err(e) = rustix::process::kill_process_group(pid, signal) {
-        if e != rustix::io::Errno::SRCH {
-            warn!("failed to signal process group {group}: {e}");
-        }
+    let Some(pid) = rustix::process::Pid::from_raw(group) else {
+        return;
+    };
+    if let Err(e) = rustix::process::kill_process_group(pid, signal)
+        && e != rustix::io::Errno::SRCH
+    {
+        warn!("failed to signal process group {group}: {e}");
     }
 }
 
@@ -485,17 +549,27 @@ mod tests {
 
     #[test]
     fn captures_output_and_status() {
-        let out = runner().run(&Command::new("sh").args(["-c", "echo out; echo err >&2"])).unwrap();
+        let out = runner()
+            .run(&Command::new("sh").args(["-c", "echo out; echo err >&2"]))
+            .unwrap();
         assert_eq!(out.stdout, "out\n");
         assert_eq!(out.stderr, "err\n");
-        let err = runner().run(&Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
+        let err = runner()
+            .run(&Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err();
         assert_eq!(err.code(), Some(3));
-        assert!(err.to_string().contains("exited with status 3\n--- stderr\nboom"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("exited with status 3\n--- stderr\nboom"),
+            "{err}"
+        );
     }
 
     #[test]
     fn sets_environment_on_the_child_only() {
-        let cmd = Command::new("sh").args(["-c", "echo $KRB5CCNAME"]).env("KRB5CCNAME", "FILE:/x");
+        let cmd = Command::new("sh")
+            .args(["-c", "echo $KRB5CCNAME"])
+            .env("KRB5CCNAME", "FILE:/x");
         assert_eq!(runner().run(&cmd).unwrap().stdout, "FILE:/x\n");
         assert!(std::env::var_os("KRB5CCNAME").is_none_or(|v| v != "FILE:/x"));
     }
@@ -503,36 +577,64 @@ mod tests {
     #[test]
     fn timeout_kills_the_whole_group() {
         let marker = tempfile::NamedTempFile::new().unwrap();
-        let script = format!("(sleep 3; echo alive > {}) & sleep 30", marker.path().display());
+        let script = format!(
+            "(sleep 3; echo alive > {}) & sleep 30",
+            marker.path().display()
+        );
         let started = Instant::now();
         let err = runner()
-            .run(&Command::new("sh").args(["-c", &script]).timeout(Duration::from_millis(300)))
+            .run(
+                &Command::new("sh")
+                    .args(["-c", &script])
+                    .timeout(Duration::from_millis(300)),
+            )
             .unwrap_err();
-        assert!(matches!(err, CmdError::TimedOut { global: false, .. }), "{err}");
+        assert!(
+            matches!(err, CmdError::TimedOut { global: false, .. }),
+            "{err}"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
         std::thread::sleep(Duration::from_millis(3500));
-        assert_eq!(std::fs::read_to_string(marker.path()).unwrap(), "", "grandchild survived");
+        assert_eq!(
+            std::fs::read_to_string(marker.path()).unwrap(),
+            "",
+            "grandchild survived"
+        );
     }
 
     #[test]
     fn deadline_clips_and_then_refuses() {
         let runner = Runner::new(Instant::now() + Duration::from_millis(300));
-        let err = runner.run(&Command::new("sleep").arg("5").timeout(Duration::from_secs(10))).unwrap_err();
-        assert!(matches!(err, CmdError::TimedOut { global: true, .. }), "{err}");
+        let err = runner
+            .run(
+                &Command::new("sleep")
+                    .arg("5")
+                    .timeout(Duration::from_secs(10)),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, CmdError::TimedOut { global: true, .. }),
+            "{err}"
+        );
         let err = runner.run(&Command::new("true")).unwrap_err();
         assert!(matches!(err, CmdError::Cancelled { .. }), "{err}");
     }
 
     #[test]
     fn masks_secrets_when_displayed() {
-        let cmd = Command::new("x").secret_env("TOKEN", "hvs.secret").env("A", "b c").arg("it's");
+        let cmd = Command::new("x")
+            .secret_env("TOKEN", "hvs.secret")
+            .env("A", "b c")
+            .arg("it's");
         let shown = cmd.to_string();
         assert_eq!(shown, "TOKEN=*** A='b c' x \"it's\"");
     }
 
     #[test]
     fn missing_program_is_a_spawn_error() {
-        let err = runner().run(&Command::new("/nonexistent/tool")).unwrap_err();
+        let err = runner()
+            .run(&Command::new("/nonexistent/tool"))
+            .unwrap_err();
         assert!(matches!(err, CmdError::Spawn { .. }), "{err}");
     }
 }

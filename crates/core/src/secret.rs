@@ -70,9 +70,13 @@ mod tests {
 
     #[test]
     fn masks_tokens_in_text() {
-        let text = "token s.AbCdEfGhIjKlMnOpQrSt and hvs.CAESIJ1234567890abcdef, jwt eyJa.eyJb.sig ok";
+        let text =
+            "token s.AbCdEfGhIjKlMnOpQrSt and hvs.CAESIJ1234567890abcdef, jwt eyJa.eyJb.sig ok";
         assert_eq!(scrub(text), "token *** and ***, jwt *** ok");
-        assert_eq!(scrub("see s.short and /tmp/vt_u0"), "see s.short and /tmp/vt_u0");
+        assert_eq!(
+            scrub("see s.short and /tmp/vt_u0"),
+            "see s.short and /tmp/vt_u0"
+        );
         assert_eq!(format!("{:?}", Secret::new("x")), "\"***\"");
     }
 }

@@ -88,7 +88,8 @@ impl Service {
 
     /// The destination of the default-role file with `uid` as written (for display).
     pub fn role_file_destination_for(&self, uid: &str) -> String {
-        self.role_file_template.render(&TemplateValues { service: self, uid })
+        self.role_file_template
+            .render(&TemplateValues { service: self, uid })
     }
 }
 

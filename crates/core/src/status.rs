@@ -18,9 +18,17 @@ pub fn print(config: &Config, services: &[Service], json: bool, out: &mut dyn Wr
     let pending = state.pending_count().unwrap_or(0);
     let result = if json {
         let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-        writeln!(out, "{}", serde_json::json!({"schema": 1, "services": names, "pending_notifications": pending}))
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"schema": 1, "services": names, "pending_notifications": pending})
+        )
     } else {
-        writeln!(out, "{} services; {pending} notifications waiting for delivery", services.len())
+        writeln!(
+            out,
+            "{} services; {pending} notifications waiting for delivery",
+            services.len()
+        )
     };
     if let Err(e) = result {
         log::error!("failed to write the status: {e}");

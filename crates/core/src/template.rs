@@ -78,7 +78,9 @@ impl Template {
                 .ok_or_else(|| TemplateError(format!("unclosed `{{{{` in `{source}`")))?;
             let inner = after[..end].trim();
             let name = inner.strip_prefix('.').ok_or_else(|| {
-                TemplateError(format!("`{{{{{inner}}}}}` is not a field reference like `{{{{.Account}}}}`"))
+                TemplateError(format!(
+                    "`{{{{{inner}}}}}` is not a field reference like `{{{{.Account}}}}`"
+                ))
             })?;
             let field = Field::ALL
                 .iter()
@@ -105,7 +107,10 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_string()));
         }
-        Ok(Self { source: source.to_string(), parts })
+        Ok(Self {
+            source: source.to_string(),
+            parts,
+        })
     }
 
     /// The text as written in the configuration.
@@ -144,7 +149,12 @@ mod tests {
 
     #[test]
     fn renders_go_templates() {
-        let all = [Field::Account, Field::DesiredUid, Field::Experiment, Field::Role];
+        let all = [
+            Field::Account,
+            Field::DesiredUid,
+            Field::Experiment,
+            Field::Role,
+        ];
         let t = Template::parse("/tmp/{{.DesiredUID}}_{{ .Account }}", &all).unwrap();
         assert_eq!(t.render(&Values), "/tmp/5000_dunepro");
         let t = Template::parse("/tmp/default_role_{{.Experiment}}_{{.DesiredUID}}", &all).unwrap();

@@ -19,7 +19,11 @@ const SSH_DEFAULTS: [(&str, &str); 4] = [
 /// The ssh command line rsync runs (`-e`): `BatchMode=yes` always, so nothing can prompt,
 /// then the operator's options, then the defaults they did not override.
 pub fn ssh_command_line(service: &Service, connect_timeout: Duration) -> String {
-    let mut words = vec!["ssh".to_string(), "-o".to_string(), "BatchMode=yes".to_string()];
+    let mut words = vec![
+        "ssh".to_string(),
+        "-o".to_string(),
+        "BatchMode=yes".to_string(),
+    ];
     let mut given: Vec<String> = Vec::new();
     let mut iter = service.ssh_options.iter().peekable();
     while let Some(word) = iter.next() {
@@ -29,9 +33,16 @@ pub fn ssh_command_line(service: &Service, connect_timeout: Duration) -> String 
             word.strip_prefix("-o")
         };
         if let Some(option) = option {
-            let key = option.split(['=', ' ']).next().unwrap_or_default().to_ascii_lowercase();
+            let key = option
+                .split(['=', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if key == "batchmode" {
-                log::warn!("`{}`: ignoring BatchMode in sshOptions; pushes never prompt", service.name);
+                log::warn!(
+                    "`{}`: ignoring BatchMode in sshOptions; pushes never prompt",
+                    service.name
+                );
                 if word == "-o" {
                     iter.next();
                 }
@@ -66,14 +77,24 @@ pub struct Batch {
 /// The permission options come after the operator's so that 0400 holds whatever they say.
 /// rsync writes a temporary file next to the destination and renames it, so a node never
 /// sees a partial token.
-pub fn rsync_command(service: &Service, node: &str, batch: &Batch, ccache: &str, timeout: Duration) -> Command {
+pub fn rsync_command(
+    service: &Service,
+    node: &str,
+    batch: &Batch,
+    ccache: &str,
+    timeout: Duration,
+) -> Command {
     Command::new("rsync")
         .arg("-e")
         .arg(ssh_command_line(service, timeout))
         .args(service.rsync_options.iter())
         .args(["--perms", "--chmod=u=r,go="])
         .args(batch.files.iter())
-        .arg(format!("{}@{node}:{}/", service.account, batch.dir.trim_end_matches('/')))
+        .arg(format!(
+            "{}@{node}:{}/",
+            service.account,
+            batch.dir.trim_end_matches('/')
+        ))
         .env("KRB5CCNAME", ccache)
         .timeout(timeout)
 }
@@ -92,7 +113,9 @@ pub fn classify(err: &CmdError) -> FailureClass {
     ];
     if UNREACHABLE.iter().any(|p| lower.contains(p)) {
         FailureClass::Unreachable
-    } else if lower.contains("permission denied (") || lower.contains("host key verification failed") {
+    } else if lower.contains("permission denied (")
+        || lower.contains("host key verification failed")
+    {
         FailureClass::AuthenticationRefused
     } else {
         FailureClass::RsyncFailed
@@ -111,12 +134,18 @@ mod tests {
             "keytabPath: /k\nkerberosPrincipalPattern: '{{{{.Account}}}}@R'\ncondorCollectorHost: c\n\
              sshOptions: '{ssh}'\nexperiments:\n  e:\n    roles:\n      r: {{account: a, destinationNodes: [n]}}\n"
         );
-        Config::from_str(&text, false, Path::new("x.yml")).unwrap().services.remove(0)
+        Config::from_str(&text, false, Path::new("x.yml"))
+            .unwrap()
+            .services
+            .remove(0)
     }
 
     #[test]
     fn operator_options_come_first_and_replace_defaults() {
-        let line = ssh_command_line(&service("-F /s/ssh_config -o ConnectTimeout=5 -o BatchMode=no"), Duration::from_secs(30));
+        let line = ssh_command_line(
+            &service("-F /s/ssh_config -o ConnectTimeout=5 -o BatchMode=no"),
+            Duration::from_secs(30),
+        );
         assert_eq!(
             line,
             "ssh -o BatchMode=yes -F /s/ssh_config -o ConnectTimeout=5 -o ServerAliveInterval=30 \
@@ -127,8 +156,20 @@ mod tests {
     #[test]
     fn permissions_follow_operator_options() {
         let s = service("");
-        let batch = Batch { dir: "/tmp".into(), files: vec!["/s/vt_u5".into(), "/s/vt_u5-e_r".into()] };
+        let batch = Batch {
+            dir: "/tmp".into(),
+            files: vec!["/s/vt_u5".into(), "/s/vt_u5-e_r".into()],
+        };
         let argv = rsync_command(&s, "node1", &batch, "FILE:/c", Duration::from_secs(30)).argv();
-        assert_eq!(&argv[3..], ["--perms", "--chmod=u=r,go=", "/s/vt_u5", "/s/vt_u5-e_r", "a@node1:/tmp/"]);
+        assert_eq!(
+            &argv[3..],
+            [
+                "--perms",
+                "--chmod=u=r,go=",
+                "/s/vt_u5",
+                "/s/vt_u5-e_r",
+                "a@node1:/tmp/"
+            ]
+        );
     }
 }

@@ -24,9 +24,13 @@ pub fn store_path(root: &Path, uid: u32, credd: Option<&str>, real_name: &str) -
 /// Whether `text` has the shape of a Vault (`hvs.`, `hvb.`, legacy `s.`) or OpenBao token.
 pub fn is_token(text: &str) -> bool {
     let token = text.trim_end_matches('\n');
-    let body = ["hvs.", "hvb.", "s.", "b."].iter().find_map(|p| token.strip_prefix(p));
+    let body = ["hvs.", "hvb.", "s.", "b."]
+        .iter()
+        .find_map(|p| token.strip_prefix(p));
     body.is_some_and(|b| {
-        b.len() >= 8 && b.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        b.len() >= 8
+            && b.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     })
 }
 
@@ -44,7 +48,10 @@ pub fn read_token(path: &Path) -> anyhow::Result<Option<String>> {
 /// (mode 0700) if needed.
 pub fn install(path: &Path, token: &str) -> anyhow::Result<()> {
     if !is_token(token) {
-        bail!("refusing to store something that is not a vault token in `{}`", path.display());
+        bail!(
+            "refusing to store something that is not a vault token in `{}`",
+            path.display()
+        );
     }
     let dir = path.parent().context("token path has no directory")?;
     fs::DirBuilder::new()
@@ -61,7 +68,8 @@ pub fn install(path: &Path, token: &str) -> anyhow::Result<()> {
         .and_then(|()| tmp.write_all(b"\n"))
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("failed to write a token for `{}`", path.display()))?;
-    tmp.persist(path).with_context(|| format!("failed to replace `{}`", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("failed to replace `{}`", path.display()))?;
     fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     Ok(())
 }
@@ -82,7 +90,11 @@ pub fn write_new(path: &Path, token: &str) -> anyhow::Result<()> {
 
 /// The newest valid stored token of `real_name` for `uid`, among every credd's copy and
 /// the direct htgettoken copy.
-pub fn newest_token(root: &Path, uid: u32, real_name: &str) -> anyhow::Result<Option<(PathBuf, String)>> {
+pub fn newest_token(
+    root: &Path,
+    uid: u32,
+    real_name: &str,
+) -> anyhow::Result<Option<(PathBuf, String)>> {
     let prefix = format!("vt_u{uid}-");
     let exact = format!("vt_u{uid}-{real_name}");
     let suffix = format!("-{real_name}");
@@ -96,16 +108,24 @@ pub fn newest_token(root: &Path, uid: u32, real_name: &str) -> anyhow::Result<Op
         let entry = entry.with_context(|| format!("failed to list `{}`", root.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let matches = name == exact
-            || (name.starts_with(&prefix) && name.ends_with(&suffix) && name.len() > exact.len() + 1);
+            || (name.starts_with(&prefix)
+                && name.ends_with(&suffix)
+                && name.len() > exact.len() + 1);
         if !matches {
             continue;
         }
         let path = entry.path();
         let Some(token) = read_token(&path)? else {
-            log::warn!("ignoring `{}`: it does not hold a vault token", path.display());
+            log::warn!(
+                "ignoring `{}`: it does not hold a vault token",
+                path.display()
+            );
             continue;
         };
-        let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         if best.as_ref().is_none_or(|(t, _, _)| modified > *t) {
             best = Some((modified, path, token));
         }
@@ -132,10 +152,18 @@ mod tests {
     #[test]
     fn installs_atomically_with_private_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let path = store_path(&dir.path().join("store"), 0, Some("credd1"), "dune_production");
+        let path = store_path(
+            &dir.path().join("store"),
+            0,
+            Some("credd1"),
+            "dune_production",
+        );
         install(&path, "s.AbCdEfGhIjKlMnOp").unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
         assert_eq!(read_token(&path).unwrap().unwrap(), "s.AbCdEfGhIjKlMnOp");
         assert!(install(&path, "garbage").is_err());
         assert_eq!(read_token(&path).unwrap().unwrap(), "s.AbCdEfGhIjKlMnOp");
@@ -145,11 +173,27 @@ mod tests {
     fn finds_the_newest_copy_of_a_service_only() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        install(&store_path(root, 7, Some("c1"), "dune_production"), "s.OlderOlderOlder1").unwrap();
+        install(
+            &store_path(root, 7, Some("c1"), "dune_production"),
+            "s.OlderOlderOlder1",
+        )
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        install(&store_path(root, 7, Some("c2"), "dune_production"), "s.NewerNewerNewer2").unwrap();
-        install(&store_path(root, 7, Some("c3"), "dune_analysis"), "s.OtherOtherOther3").unwrap();
-        install(&store_path(root, 8, Some("c3"), "dune_production"), "s.OtherUidOther34").unwrap();
+        install(
+            &store_path(root, 7, Some("c2"), "dune_production"),
+            "s.NewerNewerNewer2",
+        )
+        .unwrap();
+        install(
+            &store_path(root, 7, Some("c3"), "dune_analysis"),
+            "s.OtherOtherOther3",
+        )
+        .unwrap();
+        install(
+            &store_path(root, 8, Some("c3"), "dune_production"),
+            "s.OtherUidOther34",
+        )
+        .unwrap();
         let (_, token) = newest_token(root, 7, "dune_production").unwrap().unwrap();
         assert_eq!(token, "s.NewerNewerNewer2");
         assert!(newest_token(root, 7, "nova_production").unwrap().is_none());

@@ -93,7 +93,11 @@ fn for_each_entry(value: &Value, path: &str, mut f: impl FnMut(&str, &Value)) {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// The serialized field names of a struct deriving `Deserialize`.

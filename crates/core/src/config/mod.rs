@@ -147,7 +147,10 @@ pub struct Problem {
 
 impl Problem {
     pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
-        Self { key: key.to_string(), message: message.into() }
+        Self {
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -191,20 +194,28 @@ impl Config {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| fail(format!("cannot read the file: {e}")))?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         Self::from_str(&text, is_json, path)
     }
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn from_str(text: &str, json: bool, path: &Path) -> Result<Self, ConfigError> {
-        let error = |problems| ConfigError { path: path.to_path_buf(), problems };
+        let error = |problems| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
         let doc: Value = if json {
             serde_json::from_str(text).map_err(|e| error(vec![Problem::new("", e.to_string())]))?
         } else {
             serde_yaml::from_str(text).map_err(|e| error(vec![Problem::new("", e.to_string())]))?
         };
         if !doc.is_mapping() {
-            return Err(error(vec![Problem::new("", "the top level must be a mapping of keys")]));
+            return Err(error(vec![Problem::new(
+                "",
+                "the top level must be a mapping of keys",
+            )]));
         }
 
         let unknown = keys::unknown_keys(&doc);
@@ -232,10 +243,12 @@ impl Config {
         let retries = retries(raw.worker_type.unwrap_or_default(), &timeouts, p);
         let min_token_lifetime =
             duration_or(raw.min_token_lifetime.as_deref(), "minTokenLifetime", 10, p);
-        let db_location =
-            PathBuf::from(raw.db_location.as_deref().unwrap_or(DEFAULT_DB_LOCATION));
+        let db_location = PathBuf::from(raw.db_location.as_deref().unwrap_or(DEFAULT_DB_LOCATION));
         let lock_dir = raw.lock_dir.map(PathBuf::from).unwrap_or_else(|| {
-            db_location.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+            db_location
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
         });
         let concurrency = raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         if concurrency == 0 {
@@ -247,9 +260,15 @@ impl Config {
         let prometheus = raw.prometheus.and_then(|prom| {
             let url = prom.host.filter(|h| !h.is_empty())?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(Problem::new("prometheus.host", "must start with `http://` or `https://`"));
+                p.push(Problem::new(
+                    "prometheus.host",
+                    "must start with `http://` or `https://`",
+                ));
             }
-            Some(Prometheus { url, job: prom.jobname.unwrap_or_else(|| "managed_tokens".into()) })
+            Some(Prometheus {
+                url,
+                job: prom.jobname.unwrap_or_else(|| "managed_tokens".into()),
+            })
         });
 
         let mut ignored_keys = Vec::new();
@@ -338,8 +357,18 @@ fn raw_defaults(raw: &RawConfig) -> resolve::RawDefaults {
 
 fn timeouts(raw: raw::RawTimeouts, p: &mut Vec<Problem>) -> Timeouts {
     let t = Timeouts {
-        global: duration_or(raw.global_timeout.as_deref(), "timeouts.globalTimeout", 300, p),
-        kerberos: duration_or(raw.kerberos_timeout.as_deref(), "timeouts.kerberosTimeout", 20, p),
+        global: duration_or(
+            raw.global_timeout.as_deref(),
+            "timeouts.globalTimeout",
+            300,
+            p,
+        ),
+        kerberos: duration_or(
+            raw.kerberos_timeout.as_deref(),
+            "timeouts.kerberosTimeout",
+            20,
+            p,
+        ),
         vault_storer: duration_or(
             raw.vault_storer_timeout.as_deref(),
             "timeouts.vaultStorerTimeout",
@@ -348,7 +377,12 @@ fn timeouts(raw: raw::RawTimeouts, p: &mut Vec<Problem>) -> Timeouts {
         ),
         ping: duration_or(raw.ping_timeout.as_deref(), "timeouts.pingTimeout", 10, p),
         push: duration_or(raw.push_timeout.as_deref(), "timeouts.pushTimeout", 30, p),
-        collector: duration_or(raw.collector_timeout.as_deref(), "timeouts.collectorTimeout", 20, p),
+        collector: duration_or(
+            raw.collector_timeout.as_deref(),
+            "timeouts.collectorTimeout",
+            20,
+            p,
+        ),
         onboarding: duration_or(
             raw.onboarding_timeout.as_deref(),
             "timeouts.onboardingTimeout",
@@ -394,7 +428,12 @@ fn retries(raw: raw::RawWorkerTypes, t: &Timeouts, p: &mut Vec<Problem>) -> Retr
         let path = format!("workerType.{key}");
         let retry = Retry {
             retries: r.num_retries.unwrap_or(0),
-            sleep: duration_or(r.retry_sleep.as_deref(), &format!("{path}.retrySleep"), 0, p),
+            sleep: duration_or(
+                r.retry_sleep.as_deref(),
+                &format!("{path}.retrySleep"),
+                0,
+                p,
+            ),
         };
         let total = retry.sleep * retry.retries;
         if retry.retries > 0 && total >= limit {
@@ -411,9 +450,24 @@ fn retries(raw: raw::RawWorkerTypes, t: &Timeouts, p: &mut Vec<Problem>) -> Retr
         retry
     };
     let retries = Retries {
-        kerberos: one(raw.get_kerberos_tickets, "getKerberosTickets", t.global, "globalTimeout"),
-        token: one(raw.store_and_get_token, "storeAndGetToken", t.global, "globalTimeout"),
-        ping: one(raw.ping_aggregator, "pingAggregator", t.global, "globalTimeout"),
+        kerberos: one(
+            raw.get_kerberos_tickets,
+            "getKerberosTickets",
+            t.global,
+            "globalTimeout",
+        ),
+        token: one(
+            raw.store_and_get_token,
+            "storeAndGetToken",
+            t.global,
+            "globalTimeout",
+        ),
+        ping: one(
+            raw.ping_aggregator,
+            "pingAggregator",
+            t.global,
+            "globalTimeout",
+        ),
         push: one(raw.push_tokens, "pushTokens", t.push, "pushTimeout"),
     };
     let get_token = one(raw.get_token, "getToken", t.global, "globalTimeout");
@@ -423,7 +477,14 @@ fn retries(raw: raw::RawWorkerTypes, t: &Timeouts, p: &mut Vec<Problem>) -> Retr
         t.global,
         "globalTimeout",
     );
-    Retries { token: if get_token.retries > 0 { get_token } else { retries.token }, ..retries }
+    Retries {
+        token: if get_token.retries > 0 {
+            get_token
+        } else {
+            retries.token
+        },
+        ..retries
+    }
 }
 
 fn email(raw: raw::RawEmail, p: &mut Vec<Problem>) -> Option<Email> {
@@ -433,7 +494,10 @@ fn email(raw: raw::RawEmail, p: &mut Vec<Problem>) -> Option<Email> {
         p.push(Problem::new("email.from", "must be an email address"));
     }
     if raw.username.is_some() != raw.password_file.is_some() {
-        p.push(Problem::new("email", "`username` and `passwordFile` go together"));
+        p.push(Problem::new(
+            "email",
+            "`username` and `passwordFile` go together",
+        ));
     }
     Some(Email {
         from,
@@ -446,20 +510,35 @@ fn email(raw: raw::RawEmail, p: &mut Vec<Problem>) -> Option<Email> {
 }
 
 fn recipients(raw: Option<RawNotifications>, key: &str, p: &mut Vec<Problem>) -> Recipients {
-    let Some(raw) = raw else { return Recipients::default() };
-    let admin_emails = raw.admin_email.map(raw::OneOrMany::into_vec).unwrap_or_default();
+    let Some(raw) = raw else {
+        return Recipients::default();
+    };
+    let admin_emails = raw
+        .admin_email
+        .map(raw::OneOrMany::into_vec)
+        .unwrap_or_default();
     for address in &admin_emails {
         if !address.contains('@') {
-            p.push(Problem::new(&format!("{key}.admin_email"), format!("`{address}` is not an email address")));
+            p.push(Problem::new(
+                &format!("{key}.admin_email"),
+                format!("`{address}` is not an email address"),
+            ));
         }
     }
     let slack_url = raw.slack_alerts_url.filter(|u| !u.is_empty());
-    if let Some(url) = &slack_url {
-        if !url.starts_with("https://") && !url.starts_with("http://") {
-            p.push(Problem::new(&format!("{key}.SLACK_ALERTS_URL"), "must be an http(s) URL"));
-        }
+    if let Some(url) = &slack_url
+        && !url.starts_with("https://")
+        && !url.starts_with("http://")
+    {
+        p.push(Problem::new(
+            &format!("{key}.SLACK_ALERTS_URL"),
+            "must be an http(s) URL",
+        ));
     }
-    Recipients { admin_emails, slack_url: slack_url.map(crate::secret::Secret::new) }
+    Recipients {
+        admin_emails,
+        slack_url: slack_url.map(crate::secret::Secret::new),
+    }
 }
 
 /// Parses a duration such as `60s`, `3d` or `1h30m`; `default_secs` when absent.
@@ -469,11 +548,16 @@ pub(crate) fn duration_or(
     default_secs: u64,
     p: &mut Vec<Problem>,
 ) -> Duration {
-    let Some(value) = value else { return Duration::from_secs(default_secs) };
+    let Some(value) = value else {
+        return Duration::from_secs(default_secs);
+    };
     match parse_duration(value) {
         Ok(d) => d,
         Err(e) => {
-            p.push(Problem::new(key, format!("`{value}` is not a duration like `60s` or `3d`: {e}")));
+            p.push(Problem::new(
+                key,
+                format!("`{value}` is not a duration like `60s` or `3d`: {e}"),
+            ));
             Duration::from_secs(default_secs)
         }
     }

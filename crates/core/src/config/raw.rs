@@ -4,7 +4,10 @@
 //! [`super::Config::from_raw`]. Key names follow the Go service (`managedTokens.yml`, or
 //! the JSON rendered from its jsonnet) byte for byte, so an existing file loads unchanged.
 
-#![expect(missing_docs, reason = "each field is the key of the same name, documented in etc/managedTokens.yml")]
+#![expect(
+    missing_docs,
+    reason = "each field is the key of the same name, documented in etc/managedTokens.yml"
+)]
 
 use std::collections::BTreeMap;
 

@@ -36,7 +36,10 @@ impl Defaults {
     pub(super) fn new(raw: RawDefaults, p: &mut Vec<Problem>) -> Self {
         for prefix in &raw.destination_prefixes {
             if !prefix.starts_with('/') {
-                p.push(Problem::new("destinationPrefixes", format!("`{prefix}` is not absolute")));
+                p.push(Problem::new(
+                    "destinationPrefixes",
+                    format!("`{prefix}` is not absolute"),
+                ));
             }
         }
         Self { raw }
@@ -56,17 +59,31 @@ pub(super) fn services(
     for (key, experiment) in experiments {
         let path = format!("experiments.{key}");
         check_name(NameKind::Experiment, &key, &path, p);
-        let real_experiment = experiment.experiment_override.clone().unwrap_or_else(|| key.clone());
-        check_name(NameKind::Experiment, &real_experiment, &format!("{path}.experimentOverride"), p);
+        let real_experiment = experiment
+            .experiment_override
+            .clone()
+            .unwrap_or_else(|| key.clone());
+        check_name(
+            NameKind::Experiment,
+            &real_experiment,
+            &format!("{path}.experimentOverride"),
+            p,
+        );
         let emails = experiment.emails.clone().unwrap_or_default();
         for address in &emails {
             if !address.contains('@') {
-                p.push(Problem::new(&format!("{path}.emails"), format!("`{address}` is not an email address")));
+                p.push(Problem::new(
+                    &format!("{path}.emails"),
+                    format!("`{address}` is not an email address"),
+                ));
             }
         }
         let roles = experiment.roles.unwrap_or_default();
         if roles.is_empty() {
-            p.push(Problem::new(&format!("{path}.roles"), "no roles are configured"));
+            p.push(Problem::new(
+                &format!("{path}.roles"),
+                "no roles are configured",
+            ));
         }
         for (role, raw) in roles {
             let ctx = RoleContext {
@@ -105,7 +122,10 @@ fn resolve_role(
     let before = p.len();
 
     let Some(account) = raw.account.clone() else {
-        p.push(Problem::new(&key("account"), "is required: the UNIX account of this role"));
+        p.push(Problem::new(
+            &key("account"),
+            "is required: the UNIX account of this role",
+        ));
         return None;
     };
     check_name(NameKind::Account, &account, &key("account"), p);
@@ -117,7 +137,10 @@ fn resolve_role(
         (Some(path), _) => PathBuf::from(path),
         (None, Some(dir)) => PathBuf::from(dir).join(format!("{account}.keytab")),
         (None, None) => {
-            p.push(Problem::new(&key("keytabPathOverride"), "no keytab: set `keytabPath` or this key"));
+            p.push(Problem::new(
+                &key("keytabPathOverride"),
+                "no keytab: set `keytabPath` or this key",
+            ));
             PathBuf::new()
         }
     };
@@ -134,12 +157,16 @@ fn resolve_role(
         }
     };
     let collectors = host_list(
-        raw.condor_collector_host_override.as_deref().or(d.collector_host.as_deref()),
+        raw.condor_collector_host_override
+            .as_deref()
+            .or(d.collector_host.as_deref()),
         &key("condorCollectorHostOverride"),
         p,
     );
     let credds = host_list(
-        raw.condor_credd_host_override.as_deref().or(d.credd_host.as_deref()),
+        raw.condor_credd_host_override
+            .as_deref()
+            .or(d.credd_host.as_deref()),
         &key("condorCreddHostOverride"),
         p,
     );
@@ -152,19 +179,25 @@ fn resolve_role(
 
     let role_file_template = role_file_template(&raw, d, &key, p);
     let ssh_options = options(
-        raw.ssh_options_override.as_deref().or(d.ssh_options.as_deref()),
+        raw.ssh_options_override
+            .as_deref()
+            .or(d.ssh_options.as_deref()),
         &key("sshOptionsOverride"),
         true,
         p,
     );
     let ping_options = options(
-        raw.ping_options_override.as_deref().or(d.ping_options.as_deref()),
+        raw.ping_options_override
+            .as_deref()
+            .or(d.ping_options.as_deref()),
         &key("pingOptionsOverride"),
         false,
         p,
     );
     let rsync_options = options(
-        raw.file_copier_options_override.as_deref().or(d.rsync_options.as_deref()),
+        raw.file_copier_options_override
+            .as_deref()
+            .or(d.rsync_options.as_deref()),
         &key("fileCopierOptionsOverride"),
         false,
         p,
@@ -182,7 +215,10 @@ fn resolve_role(
         credkey,
         keytab,
         desired_uid: raw.desired_uid_override,
-        vault_server: raw.vault_server_override.clone().or_else(|| d.vault_server.clone()),
+        vault_server: raw
+            .vault_server_override
+            .clone()
+            .or_else(|| d.vault_server.clone()),
         collectors,
         credds,
         schedd_constraint: raw
@@ -203,7 +239,9 @@ fn resolve_role(
         ssh_options,
         ping_options,
         rsync_options,
-        notify: !raw.disable_notifications_override.unwrap_or(d.disable_notifications),
+        notify: !raw
+            .disable_notifications_override
+            .unwrap_or(d.disable_notifications),
         emails: ctx.emails.to_vec(),
     };
     check_destination(&service, &d.destination_prefixes, &key, p);
@@ -243,8 +281,14 @@ fn principal(
         }
     };
     // A bad account already produced a problem; its rendered principal would only repeat it.
-    if raw.user_principal_override.is_some() || names::validate(NameKind::Account, account).is_ok() {
-        check_name(NameKind::Principal, &principal, &key("userPrincipalOverride"), p);
+    if raw.user_principal_override.is_some() || names::validate(NameKind::Account, account).is_ok()
+    {
+        check_name(
+            NameKind::Principal,
+            &principal,
+            &key("userPrincipalOverride"),
+            p,
+        );
     }
     principal
 }
@@ -260,7 +304,10 @@ impl crate::template::Fields for AccountOnly<'_> {
 fn nodes(raw: Option<Vec<String>>, key: &str, p: &mut Vec<Problem>) -> Vec<String> {
     let nodes = raw.unwrap_or_default();
     if nodes.is_empty() {
-        p.push(Problem::new(key, "is required: at least one destination node"));
+        p.push(Problem::new(
+            key,
+            "is required: at least one destination node",
+        ));
     }
     let mut unique: Vec<String> = Vec::new();
     for node in nodes {
@@ -292,12 +339,27 @@ fn role_file_template(
     key: &dyn Fn(&str) -> String,
     p: &mut Vec<Problem>,
 ) -> Template {
-    let (source, source_key) = match (&raw.default_role_file_destination_template_override, &d.role_file_template) {
-        (Some(t), _) => (t.as_str(), key("defaultRoleFileDestinationTemplateOverride")),
+    let (source, source_key) = match (
+        &raw.default_role_file_destination_template_override,
+        &d.role_file_template,
+    ) {
+        (Some(t), _) => (
+            t.as_str(),
+            key("defaultRoleFileDestinationTemplateOverride"),
+        ),
         (None, Some(t)) => (t.as_str(), "defaultRoleFileDestinationTemplate".to_string()),
-        (None, None) => (DEFAULT_ROLE_FILE_TEMPLATE, "defaultRoleFileDestinationTemplate".to_string()),
+        (None, None) => (
+            DEFAULT_ROLE_FILE_TEMPLATE,
+            "defaultRoleFileDestinationTemplate".to_string(),
+        ),
     };
-    let all = [Field::Account, Field::DesiredUid, Field::Experiment, Field::Role, Field::Service];
+    let all = [
+        Field::Account,
+        Field::DesiredUid,
+        Field::Experiment,
+        Field::Role,
+        Field::Service,
+    ];
     Template::parse(source, &all).unwrap_or_else(|e| {
         p.push(Problem::new(&source_key, e.0));
         Template::parse(DEFAULT_ROLE_FILE_TEMPLATE, &all).expect("the built-in template is valid")
@@ -319,10 +381,18 @@ fn check_destination(
         Some("renders a path with `.` or `..`".to_string())
     } else if rendered.ends_with('/') {
         Some("renders a directory, not a file".to_string())
-    } else if rendered.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':') {
+    } else if rendered
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == ':')
+    {
         Some("renders a path with whitespace, `:` or control characters".to_string())
-    } else if !prefixes.iter().any(|prefix| rendered.starts_with(prefix.as_str())) {
-        Some(format!("renders `{rendered}`, outside the allowed prefixes {prefixes:?} (destinationPrefixes)"))
+    } else if !prefixes
+        .iter()
+        .any(|prefix| rendered.starts_with(prefix.as_str()))
+    {
+        Some(format!(
+            "renders `{rendered}`, outside the allowed prefixes {prefixes:?} (destinationPrefixes)"
+        ))
     } else {
         None
     };
@@ -337,17 +407,32 @@ fn check_destination(
 /// Splits an options string like a shell would; `for_ssh` also refuses what rsync's `-e`
 /// parser could not carry as one word.
 fn options(value: Option<&str>, key: &str, for_ssh: bool, p: &mut Vec<Problem>) -> Vec<String> {
-    let Some(value) = value else { return Vec::new() };
+    let Some(value) = value else {
+        return Vec::new();
+    };
     let Some(words) = shlex::split(value) else {
-        p.push(Problem::new(key, format!("`{value}` has unbalanced quotes")));
+        p.push(Problem::new(
+            key,
+            format!("`{value}` has unbalanced quotes"),
+        ));
         return Vec::new();
     };
     for word in &words {
         if word.chars().any(char::is_control) {
-            p.push(Problem::new(key, format!("`{}` contains control characters", word.escape_debug())));
+            p.push(Problem::new(
+                key,
+                format!("`{}` contains control characters", word.escape_debug()),
+            ));
         }
-        if for_ssh && word.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
-            p.push(Problem::new(key, format!("`{word}`: ssh options may not contain spaces or quotes")));
+        if for_ssh
+            && word
+                .chars()
+                .any(|c| c.is_whitespace() || c == '\'' || c == '"')
+        {
+            p.push(Problem::new(
+                key,
+                format!("`{word}`: ssh options may not contain spaces or quotes"),
+            ));
         }
     }
     words
@@ -355,8 +440,15 @@ fn options(value: Option<&str>, key: &str, for_ssh: bool, p: &mut Vec<Problem>) 
 
 /// Options that would let a partial or writable token appear at the destination.
 fn check_rsync_options(words: &[String], key: &str, p: &mut Vec<Problem>) {
-    const REFUSED: [&str; 7] =
-        ["--inplace", "--partial", "--partial-dir", "--append", "--temp-dir", "-T", "-P"];
+    const REFUSED: [&str; 7] = [
+        "--inplace",
+        "--partial",
+        "--partial-dir",
+        "--append",
+        "--temp-dir",
+        "-T",
+        "-P",
+    ];
     for word in words {
         let name = word.split('=').next().unwrap_or(word);
         if REFUSED.contains(&name) || word.starts_with("--append") {

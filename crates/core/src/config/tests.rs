@@ -66,7 +66,11 @@ experiments:
 "#;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::from_str(text, false, Path::new("/etc/managed-tokens/managedTokens.yml"))
+    Config::from_str(
+        text,
+        false,
+        Path::new("/etc/managed-tokens/managedTokens.yml"),
+    )
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -80,14 +84,32 @@ const MINIMAL: &str = "keytabPath: /k\nkerberosPrincipalPattern: '{{.Account}}@R
 fn loads_the_go_sample_unchanged() {
     let config = parse(GO_SAMPLE).unwrap();
     let names: Vec<_> = config.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["dune-2_production", "dune_analysis", "dune_production"]);
+    assert_eq!(
+        names,
+        ["dune-2_production", "dune_analysis", "dune_production"]
+    );
 
     let prod = config.service("dune_production").unwrap();
-    assert_eq!(prod.principal, "dunepro/managedtokens/fifeutilgpvm01.fnal.gov@FNAL.GOV");
-    assert_eq!(prod.credkey, "dunepro/managedtokens/fifeutilgpvm01.fnal.gov");
-    assert_eq!(prod.keytab, Path::new("/opt/managed-tokens/keytabs/dunepro.keytab"));
-    assert_eq!(prod.collectors, ["collector1.fnal.gov", "collector2.fnal.gov"]);
-    assert_eq!(prod.schedd_constraint.as_deref(), Some(r#"regexp("jobsub", Name)"#));
+    assert_eq!(
+        prod.principal,
+        "dunepro/managedtokens/fifeutilgpvm01.fnal.gov@FNAL.GOV"
+    );
+    assert_eq!(
+        prod.credkey,
+        "dunepro/managedtokens/fifeutilgpvm01.fnal.gov"
+    );
+    assert_eq!(
+        prod.keytab,
+        Path::new("/opt/managed-tokens/keytabs/dunepro.keytab")
+    );
+    assert_eq!(
+        prod.collectors,
+        ["collector1.fnal.gov", "collector2.fnal.gov"]
+    );
+    assert_eq!(
+        prod.schedd_constraint.as_deref(),
+        Some(r#"regexp("jobsub", Name)"#)
+    );
     assert_eq!(prod.role_file_destination(42), "/tmp/42_dunepro");
     assert_eq!(prod.ssh_options, ["-o", "ConnectTimeout=10"]);
     assert!(prod.notify);
@@ -133,29 +155,48 @@ fn defaults_apply() {
     assert_eq!(config.environment_label, "production");
     let s = &config.services[0];
     assert_eq!(s.role_file_destination(7), "/tmp/default_role_e_7");
-    assert_eq!(s.token_store, Path::new("/var/lib/managed-tokens/service-credd-vault-tokens"));
+    assert_eq!(
+        s.token_store,
+        Path::new("/var/lib/managed-tokens/service-credd-vault-tokens")
+    );
 }
 
 #[test]
 fn unknown_key_names_file_path_and_suggestion() {
     let err = parse(&MINIMAL.replace("account: a", "acount: a")).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("/etc/managed-tokens/managedTokens.yml"), "{text}");
+    assert!(
+        text.contains("/etc/managed-tokens/managedTokens.yml"),
+        "{text}"
+    );
     assert!(text.contains("`experiments.e.roles.r.acount`: unknown key; did you mean `experiments.e.roles.r.account`?"), "{text}");
 }
 
 #[test]
 fn wrong_types_name_the_key() {
     let p = problems(&MINIMAL.replace("account: a", "account: a, desiredUIDOverride: abc"));
-    assert_eq!(p[0].key, "experiments.e.roles.r.desiredUIDOverride", "{p:?}");
+    assert_eq!(
+        p[0].key, "experiments.e.roles.r.desiredUIDOverride",
+        "{p:?}"
+    );
 }
 
 #[test]
 fn role_needs_account_and_nodes() {
-    let p = problems(&MINIMAL.replace("{account: a, destinationNodes: [n]}", "{destinationNodes: [n]}"));
-    assert!(p.iter().any(|p| p.key == "experiments.e.roles.r.account"), "{p:?}");
+    let p = problems(&MINIMAL.replace(
+        "{account: a, destinationNodes: [n]}",
+        "{destinationNodes: [n]}",
+    ));
+    assert!(
+        p.iter().any(|p| p.key == "experiments.e.roles.r.account"),
+        "{p:?}"
+    );
     let p = problems(&MINIMAL.replace(", destinationNodes: [n]", ""));
-    assert!(p.iter().any(|p| p.key == "experiments.e.roles.r.destinationNodes"), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|p| p.key == "experiments.e.roles.r.destinationNodes"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -163,7 +204,11 @@ fn retries_must_fit_the_push_timeout() {
     let text = format!("{MINIMAL}workerType:\n  pushTokens: {{numRetries: 3, retrySleep: 60s}}\n");
     let p = problems(&text);
     assert_eq!(p[0].key, "workerType.pushTokens");
-    assert!(p[0].message.contains("does not fit in timeouts.pushTimeout"), "{p:?}");
+    assert!(
+        p[0].message
+            .contains("does not fit in timeouts.pushTimeout"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -191,12 +236,24 @@ fn names_reaching_a_command_line_are_checked() {
 
 #[test]
 fn templates_are_checked() {
-    let p = problems(&format!("{MINIMAL}defaultRoleFileDestinationTemplate: /tmp/{{{{.Nope}}}}\n"));
-    assert!(p[0].message.contains("unknown placeholder `{{.Nope}}`"), "{p:?}");
-    let p = problems(&format!("{MINIMAL}defaultRoleFileDestinationTemplate: /tmp/../etc/{{{{.Account}}}}\n"));
+    let p = problems(&format!(
+        "{MINIMAL}defaultRoleFileDestinationTemplate: /tmp/{{{{.Nope}}}}\n"
+    ));
+    assert!(
+        p[0].message.contains("unknown placeholder `{{.Nope}}`"),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{MINIMAL}defaultRoleFileDestinationTemplate: /tmp/../etc/{{{{.Account}}}}\n"
+    ));
     assert!(p[0].message.contains("`..`"), "{p:?}");
-    let p = problems(&format!("{MINIMAL}defaultRoleFileDestinationTemplate: /etc/{{{{.Account}}}}\n"));
-    assert!(p[0].message.contains("outside the allowed prefixes"), "{p:?}");
+    let p = problems(&format!(
+        "{MINIMAL}defaultRoleFileDestinationTemplate: /etc/{{{{.Account}}}}\n"
+    ));
+    assert!(
+        p[0].message.contains("outside the allowed prefixes"),
+        "{p:?}"
+    );
     let p = problems(&MINIMAL.replace("{{.Account}}@R", "{{.Role}}@R"));
     assert_eq!(p[0].key, "kerberosPrincipalPattern");
 }
@@ -209,12 +266,18 @@ fn refuses_rsync_options_that_leave_partial_files() {
 
 #[test]
 fn reports_every_problem_at_once() {
-    let text = MINIMAL.replace("account: a", "account: 'a b'").replace("[n]", "['-x']");
+    let text = MINIMAL
+        .replace("account: a", "account: 'a b'")
+        .replace("[n]", "['-x']");
     let p = problems(&format!("{text}minTokenLifetime: x\n"));
     let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["experiments.e.roles.r.account", "experiments.e.roles.r.destinationNodes", "minTokenLifetime"],
+        [
+            "experiments.e.roles.r.account",
+            "experiments.e.roles.r.destinationNodes",
+            "minTokenLifetime"
+        ],
         "{p:?}"
     );
 }
