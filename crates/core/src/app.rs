@@ -117,9 +117,16 @@ impl Invocation {
                 }
             };
         }
-        if self.onboarding.is_some() && services.len() != 1 {
-            error!("--run-onboarding needs exactly one service, given with -s");
-            return Exit::Usage;
+        if self.onboarding.is_some() {
+            if services.len() != 1 || self.common.services.len() != 1 {
+                error!("--run-onboarding needs exactly one service, given with -s");
+                return Exit::Usage;
+            }
+            if !host.stdin_is_terminal {
+                warn!(
+                    "--run-onboarding without a terminal: htgettoken cannot show the OIDC device flow"
+                );
+            }
         }
         self.work(config, services, host, out)
     }
@@ -215,7 +222,13 @@ impl Invocation {
                 None
             }
         };
-        let run_dir = match tempfile::Builder::new().prefix("managed-tokens-").tempdir() {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("managed-tokens-");
+        let run_dir = match &host.runtime_directory {
+            Some(dir) => builder.tempdir_in(dir),
+            None => builder.tempdir(),
+        };
+        let run_dir = match run_dir {
             Ok(dir) => dir,
             Err(e) => {
                 error!("failed to create a private run directory: {e}");

@@ -20,6 +20,9 @@ pub struct HostEnv {
     pub stdin_is_terminal: bool,
     /// `PATH`, where `check-config` looks for the external tools.
     pub path: Option<std::ffi::OsString>,
+    /// `RUNTIME_DIRECTORY`, set by systemd's `RuntimeDirectory=`: the run's private files
+    /// go there, and systemd removes them even if the process is killed.
+    pub runtime_directory: Option<std::path::PathBuf>,
 }
 
 impl HostEnv {
@@ -34,6 +37,7 @@ impl HostEnv {
             stderr_is_terminal: std::io::stderr().is_terminal(),
             stdin_is_terminal: std::io::stdin().is_terminal(),
             path: std::env::var_os("PATH"),
+            runtime_directory: var("RUNTIME_DIRECTORY").map(std::path::PathBuf::from),
         }
     }
 }
