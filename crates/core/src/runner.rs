@@ -448,8 +448,9 @@ impl Runner {
             ),
             duration.as_secs_f64()
         );
-        trace!("`{}` stdout: {:?}", cmd.program, output.stdout);
-        trace!("`{}` stderr: {:?}", cmd.program, output.stderr);
+        // Child output can carry tokens; it is scrubbed even at trace level.
+        trace!("`{}` stdout: {:?}", cmd.program, crate::secret::scrub(&output.stdout));
+        trace!("`{}` stderr: {:?}", cmd.program, crate::secret::scrub(&output.stderr));
         Ok(output)
     }
 
