@@ -97,7 +97,7 @@ def cmd_init(opts):
     bao = Bao(opts.addr, opts.ca)
     bao.wait("listening", lambda: bao.health() is not None, opts.timeout)
     _, init = bao.call("PUT", "sys/init", {"secret_shares": 1, "secret_threshold": 1})
-    key = init["keys_b64"][0]
+    key = init["keys_base64"][0]
     bao.token = init["root_token"]
     bao.call("PUT", "sys/unseal", {"key": key})
     bao.wait("active", lambda: bao.health() == 200, opts.timeout)
