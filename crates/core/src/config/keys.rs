@@ -11,8 +11,8 @@ use serde_yaml::Value;
 
 use super::Problem;
 use super::raw::{
-    RawConfig, RawEmail, RawExperiment, RawMetrics, RawNotifications, RawPrometheus, RawRetry,
-    RawRole, RawTimeouts, RawWorkerTypes,
+    RawConfig, RawEmail, RawExperiment, RawFerry, RawMetrics, RawNotifications, RawPrometheus,
+    RawRetry, RawRole, RawTimeouts, RawWorkerTypes,
 };
 
 /// Reports every key of `doc` that no raw struct declares.
@@ -29,6 +29,7 @@ pub(super) fn unknown_keys(doc: &Value) -> Vec<Problem> {
             "email" => check_map(value, key, fields::<RawEmail>(), &mut problems),
             "prometheus" => check_map(value, key, fields::<RawPrometheus>(), &mut problems),
             "metrics" => check_map(value, key, fields::<RawMetrics>(), &mut problems),
+            "ferry" => check_map(value, key, fields::<RawFerry>(), &mut problems),
             "notifications" | "notifications_test" => {
                 check_map(value, key, fields::<RawNotifications>(), &mut problems);
             }

@@ -58,6 +58,8 @@ pub struct Config {
     pub notifications_test: Recipients,
     /// Pushgateway (`prometheus`).
     pub prometheus: Option<Prometheus>,
+    /// FERRY, where configured with a client certificate (`ferry`).
+    pub ferry: Option<crate::ferry::Ferry>,
     /// node_exporter textfile (`metrics.textfile`).
     pub metrics_textfile: Option<PathBuf>,
     /// Keys accepted for compatibility but not acted on, to report once at `warn`.
@@ -86,6 +88,8 @@ pub struct Timeouts {
     pub notification: Duration,
     /// Waiting for the state database lock (`dbTimeout`, default 10s).
     pub db: Duration,
+    /// One FERRY request (`ferryRequestTimeout`, default 30s).
+    pub ferry: Duration,
 }
 
 /// `workerType.*`, per stage.
@@ -274,7 +278,6 @@ impl Config {
         let mut ignored_keys = Vec::new();
         for (key, present) in [
             ("htgettokenopts", raw.htgettokenopts.is_some()),
-            ("ferry", raw.ferry.is_some()),
             ("logs", raw.logs.is_some()),
             ("loki", raw.loki.is_some()),
             ("tracing", raw.tracing.is_some()),
@@ -286,6 +289,7 @@ impl Config {
             }
         }
 
+        let ferry = raw.ferry.and_then(|f| ferry(f, &mut ignored_keys, p));
         let defaults = resolve::Defaults::new(defaults, p);
         let services = match raw.experiments {
             Some(experiments) if !experiments.is_empty() => {
@@ -319,6 +323,7 @@ impl Config {
             notifications,
             notifications_test,
             prometheus,
+            ferry,
             metrics_textfile: raw.metrics.and_then(|m| m.textfile).map(PathBuf::from),
             ignored_keys,
         })
@@ -396,11 +401,13 @@ fn timeouts(raw: raw::RawTimeouts, p: &mut Vec<Problem>) -> Timeouts {
             p,
         ),
         db: duration_or(raw.db_timeout.as_deref(), "timeouts.dbTimeout", 10, p),
+        ferry: duration_or(
+            raw.ferry_request_timeout.as_deref(),
+            "timeouts.ferryRequestTimeout",
+            30,
+            p,
+        ),
     };
-    // ferryRequestTimeout is accepted for compatibility; there is no FERRY client here.
-    if let Some(v) = raw.ferry_request_timeout.as_deref() {
-        let _ = duration_or(Some(v), "timeouts.ferryRequestTimeout", 30, p);
-    }
     for (key, value) in [
         ("kerberosTimeout", t.kerberos),
         ("vaultStorerTimeout", t.vault_storer),
@@ -506,6 +513,35 @@ fn email(raw: raw::RawEmail, p: &mut Vec<Problem>) -> Option<Email> {
         starttls: raw.starttls.unwrap_or(false),
         username: raw.username,
         password_file: raw.password_file.map(PathBuf::from),
+    })
+}
+
+/// FERRY with client-certificate authentication; a section without `host`, `hostCert`
+/// and `hostKey` (e.g. one set up for the Go service's JWT mode) is reported and not used.
+fn ferry(
+    raw: raw::RawFerry,
+    ignored: &mut Vec<String>,
+    p: &mut Vec<Problem>,
+) -> Option<crate::ferry::Ferry> {
+    let (Some(host), Some(cert), Some(key)) = (raw.host, raw.host_cert, raw.host_key) else {
+        ignored.push("ferry (needs host, hostCert and hostKey)".into());
+        return None;
+    };
+    if !host.starts_with("https://") {
+        p.push(Problem::new(
+            "ferry.host",
+            "must start with `https://` (FERRY authenticates clients by certificate)",
+        ));
+    }
+    let url = match raw.port {
+        Some(port) => format!("{}:{port}", host.trim_end_matches('/')),
+        None => host,
+    };
+    Some(crate::ferry::Ferry {
+        url,
+        ca_path: raw.ca_path.map(PathBuf::from),
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
     })
 }
 

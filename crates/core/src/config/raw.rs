@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub prometheus: Option<RawPrometheus>,
     pub experiments: Option<BTreeMap<String, RawExperiment>>,
 
+    pub ferry: Option<RawFerry>,
+
     // Keys added by this implementation.
     pub concurrency: Option<usize>,
     pub lock_dir: Option<String>,
@@ -52,7 +54,6 @@ pub struct RawConfig {
     // Keys the Go service reads (or ignores) that this implementation accepts without
     // acting on them. They are reported once at `warn`.
     pub htgettokenopts: Option<serde_yaml::Value>,
-    pub ferry: Option<serde_yaml::Value>,
     pub logs: Option<serde_yaml::Value>,
     pub loki: Option<serde_yaml::Value>,
     pub tracing: Option<serde_yaml::Value>,
@@ -139,6 +140,23 @@ impl OneOrMany {
             Self::Many(v) => v,
         }
     }
+}
+
+/// `ferry`: the identity registry the pusher asks for UIDs. The keys of the Go service's
+/// JWT authentication are accepted; only client-certificate authentication is used.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFerry {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub ca_path: Option<String>,
+    pub host_cert: Option<String>,
+    pub host_key: Option<String>,
+    pub service_experiment: Option<String>,
+    pub service_role: Option<String>,
+    pub service_kerberos_principal: Option<String>,
+    pub service_keytab_path: Option<String>,
+    pub vault_server: Option<String>,
 }
 
 /// `prometheus`

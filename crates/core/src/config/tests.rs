@@ -134,7 +134,16 @@ fn loads_the_go_sample_unchanged() {
     assert_eq!(config.notifications.admin_emails, ["fife-group@fnal.gov"]);
     assert_eq!(config.notifications_test.admin_emails, ["me@fnal.gov"]);
     assert!(format!("{:?}", config.notifications.slack_url).contains("***"));
-    assert_eq!(config.ignored_keys, ["ferry", "logs", "loki", "tracing"]);
+    assert_eq!(
+        config.ignored_keys,
+        [
+            "logs",
+            "loki",
+            "tracing",
+            "ferry (needs host, hostCert and hostKey)"
+        ]
+    );
+    assert_eq!(config.ferry, None);
 }
 
 #[test]
@@ -144,6 +153,18 @@ fn loads_json_rendered_from_jsonnet() {
         "roles": {"r": {"account": "a", "destinationNodes": ["n"]}}}}}"#;
     let config = Config::from_str(json, true, Path::new("managedTokens.json")).unwrap();
     assert_eq!(config.services[0].name, "e_r");
+}
+
+#[test]
+fn ferry_with_a_client_certificate_is_used() {
+    let text = format!(
+        "{MINIMAL}ferry: {{host: 'https://ferry.example', port: 8445, hostCert: /c.pem, hostKey: /k.pem, caPath: /ca}}\n"
+    );
+    let ferry = parse(&text).unwrap().ferry.unwrap();
+    assert_eq!(ferry.url, "https://ferry.example:8445");
+    assert_eq!(ferry.ca_path.as_deref(), Some(Path::new("/ca")));
+    let p = problems(&format!("{MINIMAL}ferry: {{hots: x}}\n"));
+    assert!(p[0].message.contains("`ferry.host`"), "{p:?}");
 }
 
 #[test]
