@@ -93,7 +93,7 @@ pub fn probe_ssh(
         detail: last,
         ..Failure::new(
             FailureClass::Unreachable,
-            format!("ssh port {port} of `{node}` refused the connection"),
+            format!("ssh port {port} of `{node}` did not accept a connection"),
         )
     })
 }

@@ -33,8 +33,18 @@ pub enum UidSource {
     Override,
     /// The state database's cache (filled by an earlier lookup, or FERRY).
     State,
+    /// FERRY (`ferry`), cached in the state afterwards.
+    Ferry,
     /// The local passwd database.
     Passwd,
+}
+
+fn cache_uid(ctx: &Context, account: &str, uid: u32) {
+    if let Some(mut state) = ctx.state()
+        && let Err(e) = state.store_uid(account, uid)
+    {
+        warn!("cannot cache the UID of `{account}`: {e:#}");
+    }
 }
 
 /// The UID of `service` on the nodes: override, then state, then passwd (cached in the
@@ -50,14 +60,23 @@ pub fn resolve_uid(ctx: &Context, service: &Service) -> Result<(u32, UidSource),
             Err(e) => warn!("cannot read the cached UID of `{}`: {e:#}", service.account),
         }
     }
+    if let Some(ferry) = &ctx.config.ferry {
+        match crate::ferry::lookup_uid(ferry, &service.account, ctx.config.timeouts.ferry) {
+            Ok(Some(uid)) => {
+                cache_uid(ctx, &service.account, uid);
+                return Ok((uid, UidSource::Ferry));
+            }
+            Ok(None) => warn!(
+                "FERRY does not know the account `{}`; trying the passwd database",
+                service.account
+            ),
+            Err(e) => warn!("{e:#}; trying the passwd database"),
+        }
+    }
     let timeout = ctx.config.timeouts.kerberos;
     match accounts::lookup_uid(&ctx.runner, &service.account, timeout) {
         Ok(Some(uid)) => {
-            if let Some(mut state) = ctx.state()
-                && let Err(e) = state.store_uid(&service.account, uid)
-            {
-                warn!("cannot cache the UID of `{}`: {e:#}", service.account);
-            }
+            cache_uid(ctx, &service.account, uid);
             Ok((uid, UidSource::Passwd))
         }
         Ok(None) => Err(Failure::new(
@@ -302,11 +321,13 @@ fn push_once(
             left.max(Duration::from_millis(100)),
         );
         ctx.runner.run(&cmd).map_err(|e| {
-            Failure::from_cmd(
-                transfer::classify(&e),
-                format!("rsync to `{node}:{}` failed", batch.dir),
-                &e,
-            )
+            let (class, line) = transfer::classify(&e);
+            let mut failure =
+                Failure::from_cmd(class, format!("rsync to `{node}:{}` failed", batch.dir), &e);
+            if line.is_some() && failure.class == class {
+                failure.detail = line;
+            }
+            failure
         })?;
     }
     Ok(())

@@ -99,27 +99,41 @@ pub fn rsync_command(
         .timeout(timeout)
 }
 
-/// Classifies a failed rsync from ssh's and rsync's messages.
-pub fn classify(err: &CmdError) -> FailureClass {
-    let lower = err.stderr().to_ascii_lowercase();
-    const UNREACHABLE: [&str; 7] = [
-        "connection refused",
-        "no route to host",
-        "connection timed out",
-        "could not resolve hostname",
-        "name or service not known",
-        "network is unreachable",
-        "operation timed out",
-    ];
-    if UNREACHABLE.iter().any(|p| lower.contains(p)) {
-        FailureClass::Unreachable
-    } else if lower.contains("permission denied (")
-        || lower.contains("host key verification failed")
-    {
-        FailureClass::AuthenticationRefused
-    } else {
-        FailureClass::RsyncFailed
+/// Patterns in ssh's and rsync's messages, in the order they decide the class.
+///
+/// A node whose sshd accepts the connection but never answers (hung, stopped, overloaded)
+/// makes ssh give up at `ConnectTimeout` with "Connection timed out during banner
+/// exchange": the host is there, so that is a timeout, not an unreachable node, and it
+/// must be matched before the generic "connection timed out" of a failed `connect()`.
+const PATTERNS: [(&str, FailureClass); 11] = [
+    ("during banner exchange", FailureClass::Timeout),
+    ("timeout in data send/receive", FailureClass::Timeout),
+    ("connection refused", FailureClass::Unreachable),
+    ("no route to host", FailureClass::Unreachable),
+    ("connection timed out", FailureClass::Unreachable),
+    ("operation timed out", FailureClass::Unreachable),
+    ("could not resolve hostname", FailureClass::Unreachable),
+    ("name or service not known", FailureClass::Unreachable),
+    ("network is unreachable", FailureClass::Unreachable),
+    ("permission denied (", FailureClass::AuthenticationRefused),
+    (
+        "host key verification failed",
+        FailureClass::AuthenticationRefused,
+    ),
+];
+
+/// Classifies a failed rsync from ssh's and rsync's messages, with the line that decided.
+pub fn classify(err: &CmdError) -> (FailureClass, Option<String>) {
+    for (pattern, class) in PATTERNS {
+        if let Some(line) = err
+            .stderr()
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains(pattern))
+        {
+            return (class, Some(line.trim().to_string()));
+        }
     }
+    (FailureClass::RsyncFailed, None)
 }
 
 #[cfg(test)]
@@ -151,6 +165,36 @@ mod tests {
             "ssh -o BatchMode=yes -F /s/ssh_config -o ConnectTimeout=5 -o ServerAliveInterval=30 \
              -o ServerAliveCountMax=1 -o GSSAPIAuthentication=yes -o GSSAPIDelegateCredentials=no"
         );
+    }
+
+    fn failed(stderr: &str) -> CmdError {
+        CmdError::Failed {
+            command: "rsync".into(),
+            status: "exited with status 255".into(),
+            output: crate::runner::Output {
+                code: Some(255),
+                stdout: String::new(),
+                stderr: stderr.into(),
+                duration: Duration::ZERO,
+            },
+        }
+    }
+
+    #[test]
+    fn a_hung_sshd_is_a_timeout_not_an_unreachable_node() {
+        let (class, line) = classify(&failed(
+            "Connection timed out during banner exchange\r\n\
+             rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n",
+        ));
+        assert_eq!(class, FailureClass::Timeout);
+        assert_eq!(
+            line.as_deref(),
+            Some("Connection timed out during banner exchange")
+        );
+        let (class, _) = classify(&failed(
+            "ssh: connect to host n port 22: Connection timed out\r\n",
+        ));
+        assert_eq!(class, FailureClass::Unreachable);
     }
 
     #[test]

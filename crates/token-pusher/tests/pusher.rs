@@ -1,0 +1,244 @@
+//! token-pusher end to end, against the real-services sandbox: tokens stored by the real
+//! token-refresher are sent over Kerberos ssh to three real sshd nodes, and a stopped,
+//! hung or tokenless part of the site fails alone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::{Duration, SystemTime};
+
+use common::{
+    PUSHER, Run, assert_pushed, config_copy, expected_names, names, refresh, run, sandbox,
+    ssh_logins, sshd_pid, store_files,
+};
+use managed_tokens_test_support::Sandbox;
+
+const STOPPED: &str = "127.0.0.13";
+
+#[test]
+fn pushes_every_token_to_every_node_in_one_connection_each() {
+    let sb = sandbox();
+    refresh(&sb, &[]);
+    let nodes: Vec<String> = sb.info().nodes.keys().cloned().collect();
+    let before: BTreeMap<&str, usize> = nodes
+        .iter()
+        .map(|n| (n.as_str(), ssh_logins(&sb, n)))
+        .collect();
+
+    let started = SystemTime::now();
+    let push = run(&sb, PUSHER, &[]);
+
+    push.assert_exit(0);
+    let mut expected_outcomes = 0;
+    for (name, svc) in &sb.info().services {
+        for node in &svc.nodes {
+            let outcome = push.node_outcome(name, node);
+            assert_eq!(outcome["stage"], "push", "{}", push.describe());
+            assert!(outcome["failure"].is_null(), "{}", push.describe());
+            assert_pushed(&sb, name, node, started);
+            expected_outcomes += 1;
+        }
+    }
+    assert_eq!(
+        push.outcomes().len(),
+        expected_outcomes,
+        "{}",
+        push.describe()
+    );
+    for node in &nodes {
+        assert_eq!(
+            names(&sb, node),
+            expected_names(&sb, node),
+            "exactly the pushed files are on {node}, no staging leftovers"
+        );
+    }
+
+    // One rsync, so one ssh login, per (service, destination directory) per node; every
+    // file of the sandbox's services goes to /tmp.
+    let mut per_node = Vec::new();
+    for node in &nodes {
+        let logins = ssh_logins(&sb, node) - before[node.as_str()];
+        let services = sb
+            .info()
+            .services
+            .values()
+            .filter(|s| s.nodes.contains(node))
+            .count();
+        assert_eq!(logins, services, "ssh logins on {node} in one push run");
+        per_node.push(format!("{node}: {logins}"));
+    }
+    println!(
+        "token-pusher: {} pushes in {:.2}s wall time (summary says {}s); ssh connections per \
+         node in the run: {}",
+        expected_outcomes,
+        push.elapsed.as_secs_f64(),
+        push.summary["duration"],
+        per_node.join(", ")
+    );
+}
+
+#[test]
+fn a_stopped_node_fails_alone() {
+    let sb = sandbox();
+    refresh(&sb, &[]);
+    sb.stop(&format!("node:{STOPPED}"));
+
+    let started = SystemTime::now();
+    let push = run(&sb, PUSHER, &[]);
+
+    push.assert_exit(3);
+    for (name, svc) in &sb.info().services {
+        for node in &svc.nodes {
+            let outcome = push.node_outcome(name, node);
+            if node == STOPPED {
+                assert_eq!(
+                    Run::class(outcome),
+                    Some("unreachable"),
+                    "{}",
+                    push.describe()
+                );
+                let failure = &outcome["failure"];
+                let text = format!("{} {}", failure["message"], failure["detail"]);
+                assert!(text.contains(STOPPED), "the failure names the node: {text}");
+            } else {
+                assert!(outcome["failure"].is_null(), "{}", push.describe());
+                assert_pushed(&sb, name, node, started);
+            }
+        }
+    }
+    assert!(names(&sb, STOPPED).is_empty(), "nothing reached {STOPPED}");
+    assert_eq!(
+        push.failures().len(),
+        2,
+        "only nova_production and dune-2_production push to {STOPPED}: {}",
+        push.describe()
+    );
+}
+
+/// Resumes a stopped process when dropped, so a failing test leaves no hung sshd.
+struct Frozen<'a> {
+    sb: &'a Sandbox,
+    pid: u32,
+}
+
+impl<'a> Frozen<'a> {
+    fn new(sb: &'a Sandbox, pid: u32) -> Self {
+        signal(sb, "-STOP", pid);
+        Self { sb, pid }
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        signal(self.sb, "-CONT", self.pid);
+    }
+}
+
+fn signal(sb: &Sandbox, signal: &str, pid: u32) {
+    let status = sb
+        .command("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[test]
+fn a_hung_node_is_given_up_at_push_timeout() {
+    let sb = sandbox();
+    refresh(&sb, &["nova_production"]);
+    let config = config_copy(
+        &sb,
+        "hang.yml",
+        &[
+            ("pushTimeout: 30s", "pushTimeout: 5s"),
+            (
+                "numRetries: 1, retrySleep: 2s",
+                "numRetries: 0, retrySleep: 0s",
+            ),
+        ],
+    );
+    let config = config.to_str().expect("a UTF-8 path");
+
+    // The stopped sshd's socket still accepts connections (the kernel completes them),
+    // but nothing ever answers: ssh waits for the server's banner.
+    let frozen = Frozen::new(&sb, sshd_pid(&sb, STOPPED));
+    let push = run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]);
+    drop(frozen);
+
+    push.assert_exit(3);
+    let hung = push.node_outcome("nova_production", STOPPED);
+    assert_eq!(Run::class(hung), Some("timeout"), "{}", push.describe());
+    let waited = hung["duration"].as_f64().expect("a duration");
+    assert!(
+        (3.0..=7.0).contains(&waited),
+        "given up after {waited}s, not at the 5s pushTimeout"
+    );
+    assert!(
+        push.elapsed < Duration::from_secs(12),
+        "the run took {:.1}s with a 5s pushTimeout (default is 30s)",
+        push.elapsed.as_secs_f64()
+    );
+    assert!(push.node_outcome("nova_production", "127.0.0.12")["failure"].is_null());
+
+    // Resumed, the node takes the token again.
+    let again = run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]);
+    again.assert_exit(0);
+    assert_pushed(
+        &sb,
+        "nova_production",
+        STOPPED,
+        SystemTime::now() - again.elapsed,
+    );
+}
+
+#[test]
+fn a_service_without_a_local_token_is_reported_and_the_others_are_pushed() {
+    let sb = sandbox();
+    refresh(&sb, &[]);
+    let removed = store_files(&sb, "nova_production");
+    assert!(
+        !removed.is_empty(),
+        "the refresher stored nova_production's token"
+    );
+    for file in &removed {
+        fs::remove_file(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+
+    let started = SystemTime::now();
+    let push = run(&sb, PUSHER, &[]);
+
+    push.assert_exit(3);
+    let failures = push.failures();
+    assert_eq!(failures.len(), 1, "{}", push.describe());
+    let failure = failures[0];
+    assert_eq!(failure["service"], "nova_production");
+    assert_eq!(failure["target"]["kind"], "service");
+    assert_eq!(failure["stage"], "setup");
+    assert_eq!(Run::class(failure), Some("no-token"), "{}", push.describe());
+    for (name, svc) in &sb.info().services {
+        if name == "nova_production" {
+            continue;
+        }
+        for node in &svc.nodes {
+            assert!(
+                push.node_outcome(name, node)["failure"].is_null(),
+                "{}",
+                push.describe()
+            );
+            assert_pushed(&sb, name, node, started);
+        }
+    }
+    let uid = sb.service("nova_production").uid;
+    for node in &sb.service("nova_production").nodes {
+        assert!(
+            names(&sb, node)
+                .iter()
+                .all(|n| !n.ends_with(&format!("_{uid}")) && !n.starts_with(&format!("vt_u{uid}"))),
+            "nothing of nova_production on {node}: {:?}",
+            names(&sb, node)
+        );
+    }
+}
