@@ -15,6 +15,7 @@ use crate::exit::Exit;
 use crate::lock::{LockError, RunLock};
 use crate::notify::{self, NotifyOptions};
 use crate::plan::{self, Work};
+use crate::progress::{self, Progress};
 use crate::report::{Binary, RunReport};
 use crate::runner::Runner;
 use crate::service::Service;
@@ -256,7 +257,9 @@ impl Invocation {
             services.len(),
             ctx.config.concurrency
         );
-        report.outcomes = pool.install(|| self.outcomes(&ctx, &services));
+        let progress = self.progress(&ctx.host, &services);
+        report.outcomes = pool.install(|| self.outcomes(&ctx, &services, &progress));
+        drop(progress);
         report.duration = started.elapsed();
         if ctx.runner.is_cancelled() {
             warn!("the run was cut short (global timeout or signal); reporting what was done");
@@ -290,7 +293,12 @@ impl Invocation {
         report.exit()
     }
 
-    fn outcomes(&self, ctx: &Context, services: &[Service]) -> Vec<crate::report::Outcome> {
+    fn outcomes(
+        &self,
+        ctx: &Context,
+        services: &[Service],
+        progress: &Progress,
+    ) -> Vec<crate::report::Outcome> {
         match (self.work, self.onboarding) {
             (Work::Refresh, Some(push_after)) => {
                 let mut outcomes = refresh::run(ctx, services, refresh::Mode::Onboarding);
@@ -299,9 +307,26 @@ impl Invocation {
                 }
                 outcomes
             }
-            (Work::Refresh, None) => refresh::run(ctx, services, refresh::Mode::Batch),
-            (Work::Push, _) => push::run(ctx, services),
+            (Work::Refresh, None) => {
+                progress.each(services, |one| refresh::run(ctx, one, refresh::Mode::Batch))
+            }
+            (Work::Push, _) => progress.each(services, |one| push::run(ctx, one)),
             (Work::Ping(probe), _) => reachability::run(ctx, services, probe),
+        }
+    }
+
+    /// The progress line of the run: none under systemd, off a terminal, with `--json`,
+    /// `-q`, or `--run-onboarding` (the storer then owns the terminal).
+    fn progress(&self, host: &HostEnv, services: &[Service]) -> Progress {
+        let shown = self.onboarding.is_none()
+            && progress::wanted(host, self.common.json, self.common.quiet > 0);
+        match self.work {
+            Work::Refresh => Progress::counted(shown, "refresh", services.len()),
+            Work::Push => Progress::counted(shown, "push", services.len()),
+            Work::Ping(_) => Progress::spinner(
+                shown,
+                &format!("ping {} nodes", reachability::nodes(services).len()),
+            ),
         }
     }
 }

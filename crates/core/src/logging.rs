@@ -32,6 +32,8 @@ pub fn init(verbosity: i8, host: &HostEnv) {
     }
     // ureq logs request paths at debug and trace, and a Slack webhook's path is its secret.
     builder.filter_module("ureq", LevelFilter::Warn);
+    // Log lines go through the progress display, which clears its line first.
+    builder.target(crate::progress::log_target());
     let journal = host.journal;
     builder.format(move |buf, record| {
         let message = record.args().to_string().replace('\n', " | ");

@@ -337,6 +337,17 @@ impl Staging {
                 warn!("failed to remove `{}`: {e}", path.display());
             }
         }
+        // The storer copies its token to `/tmp/vt_<ID>` through `mktemp /tmp/vt_<ID>.XXXXXXXXXX`;
+        // a storer killed between the two leaves that copy. With isolation the ID is this
+        // call's alone, so whatever carries it is ours to remove.
+        if let Some(id) = &self.id {
+            let prefix = format!("vt_{id}.");
+            for entry in fs::read_dir(STORER_TMP).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         let _ = fs::remove_dir_all(&self.runtime_dir);
         if let Some(backup) = &self.backup
             && let Err(e) = fs::rename(backup, &self.tmp_token)

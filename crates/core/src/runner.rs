@@ -250,7 +250,8 @@ pub enum CmdError {
         /// What it printed on stderr before it was killed.
         stderr: String,
     },
-    /// The run was cancelled (global deadline passed or SIGTERM) before the child started.
+    /// The run was cancelled (global deadline passed or SIGTERM) before the child started,
+    /// or the child failed after a SIGTERM cancelled the run.
     #[error("`{command}` not started: {reason}")]
     Cancelled {
         /// The rendered command.
@@ -433,6 +434,14 @@ impl Runner {
                 stderr,
             });
         };
+        // `cancel` signals every live group itself, so a child usually dies of it before
+        // `wait` sees the flag; its failure is the cancellation, not its own.
+        if !raw.status.success() && self.inner.cancelled.load(Ordering::SeqCst) {
+            return Err(CmdError::Cancelled {
+                command: rendered,
+                reason: "the run was cancelled",
+            });
+        }
         let output = Output {
             code: raw.status.code(),
             stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
@@ -449,8 +458,16 @@ impl Runner {
             duration.as_secs_f64()
         );
         // Child output can carry tokens; it is scrubbed even at trace level.
-        trace!("`{}` stdout: {:?}", cmd.program, crate::secret::scrub(&output.stdout));
-        trace!("`{}` stderr: {:?}", cmd.program, crate::secret::scrub(&output.stderr));
+        trace!(
+            "`{}` stdout: {:?}",
+            cmd.program,
+            crate::secret::scrub(&output.stdout)
+        );
+        trace!(
+            "`{}` stderr: {:?}",
+            cmd.program,
+            crate::secret::scrub(&output.stderr)
+        );
         Ok(output)
     }
 
@@ -619,6 +636,21 @@ mod tests {
         );
         let err = runner.run(&Command::new("true")).unwrap_err();
         assert!(matches!(err, CmdError::Cancelled { .. }), "{err}");
+    }
+
+    #[test]
+    fn cancel_kills_running_children_and_reports_it() {
+        let runner = runner();
+        let canceller = runner.clone();
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            canceller.cancel();
+        });
+        let err = runner.run(&Command::new("sleep").arg("30")).unwrap_err();
+        handle.join().unwrap();
+        assert!(matches!(err, CmdError::Cancelled { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
