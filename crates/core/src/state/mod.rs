@@ -50,13 +50,21 @@ impl State {
             Connection::open(path).map_err(|e| sql_error(e, path, "open the database"))?;
         conn.busy_timeout(busy_timeout)
             .map_err(|e| sql_error(e, path, "set the busy timeout"))?;
-        schema::check_identity(&conn, path)?;
+        {
+            // One read transaction, so the checks see one snapshot even while another
+            // process is creating the schema.
+            let snapshot = conn
+                .unchecked_transaction()
+                .map_err(|e| sql_error(e, path, "read the database header"))?;
+            schema::check_identity(&snapshot, path)?;
+            snapshot
+                .commit()
+                .map_err(|e| sql_error(e, path, "read the database header"))?;
+        }
 
         // WAL lets a reader (a status query, another binary's read) proceed while one
         // binary writes; it is persistent, so this only converts a Go database once.
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-            .map_err(|e| sql_error(e, path, "switch to WAL"))?;
+        let mode = switch_to_wal(&conn, path, busy_timeout)?;
         if !mode.eq_ignore_ascii_case("wal") {
             log::warn!(
                 "state database `{}` stays in journal mode `{mode}`",
@@ -652,6 +660,26 @@ fn unix(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(_) => 0,
+    }
+}
+
+/// Switches to WAL. SQLite answers "busy" at once, without its busy handler, when another
+/// connection is opening the same new file, so this retries for the busy timeout itself.
+fn switch_to_wal(conn: &Connection, path: &Path, busy_timeout: Duration) -> anyhow::Result<String> {
+    let end = std::time::Instant::now() + busy_timeout;
+    loop {
+        match conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0))
+        {
+            Ok(mode) => return Ok(mode),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < end =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(sql_error(e, path, "switch to WAL")),
+        }
     }
 }
 
