@@ -323,10 +323,7 @@ impl Invocation {
         match self.work {
             Work::Refresh => Progress::counted(shown, "refresh", services.len()),
             Work::Push => Progress::counted(shown, "push", services.len()),
-            Work::Ping(_) => Progress::spinner(
-                shown,
-                &format!("ping {} nodes", reachability::nodes(services).len()),
-            ),
+            Work::Ping(_) => Progress::counted(shown, "ping", reachability::nodes(services).len()),
         }
     }
 }

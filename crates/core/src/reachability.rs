@@ -76,6 +76,7 @@ fn check(ctx: &Context, plan: &NodePlan<'_>, probe: Probe) -> Outcome {
         failure: None,
         services: plan.services.clone(),
     };
+    crate::progress::inc();
     match result {
         Ok(()) => {
             info!(
