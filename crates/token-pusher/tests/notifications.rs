@@ -272,3 +272,98 @@ fn unix_now() -> u64 {
         .expect("after 1970")
         .as_secs()
 }
+
+#[test]
+fn a_run_cut_by_the_global_timeout_still_records_and_alerts() {
+    let sb = sandbox();
+    refresh(&sb, &["nova_production"]);
+    let config = config_copy(
+        &sb,
+        "deadline.yml",
+        &[
+            (
+                "timeouts: {globalTimeout: 300s, kerberosTimeout: 20s, vaultStorerTimeout: 60s, pingTimeout: 10s, pushTimeout: 30s}",
+                "timeouts: {globalTimeout: 4s, kerberosTimeout: 4s, vaultStorerTimeout: 4s, pingTimeout: 4s, pushTimeout: 4s, collectorTimeout: 4s, notificationTimeout: 10s}",
+            ),
+            (
+                "numRetries: 1, retrySleep: 2s",
+                "numRetries: 0, retrySleep: 0s",
+            ),
+        ],
+    );
+    let config = config.to_str().expect("a UTF-8 path");
+
+    // A frozen sshd accepts the connection and never answers: the push outlives the run.
+    let frozen = common::Frozen::new(&sb, common::sshd_pid(&sb, NODE));
+    let push = run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]);
+    drop(frozen);
+
+    push.assert_exit(3);
+    assert!(
+        push.elapsed < Duration::from_secs(12),
+        "the run took {:.1}s with a 4s global timeout",
+        push.elapsed.as_secs_f64()
+    );
+    let hung = push.node_outcome("nova_production", NODE);
+    assert!(
+        matches!(common::Run::class(hung), Some("cancelled" | "timeout")),
+        "{}",
+        push.describe()
+    );
+    let admin = to_admins(&sb.mails()).len();
+    assert_eq!(
+        admin,
+        1,
+        "the admins hear about the cut run:\n{}",
+        show_mails(&sb.mails())
+    );
+    let recorded = sql(
+        &sb,
+        &format!(
+            "SELECT ok FROM outcomes WHERE service = 'nova_production' AND stage = 'push' \
+             AND target_name = '{NODE}'"
+        ),
+    );
+    assert_eq!(recorded, ["0"], "the state records the failed push");
+}
+
+#[test]
+fn disable_notifications_override_silences_one_service() {
+    let sb = nova_failing();
+    let silenced = config_copy(
+        &sb,
+        "silenced.yml",
+        &[(
+            "account: mtnova,",
+            "account: mtnova, disableNotificationsOverride: true,",
+        )],
+    );
+    let silenced = silenced.to_str().expect("a UTF-8 path");
+    run(&sb, PUSHER, &["-c", silenced, "-s", "nova_production"]).assert_exit(3);
+    assert!(
+        sb.mails().is_empty(),
+        "the override silences nova:\n{}",
+        show_mails(&sb.mails())
+    );
+
+    // The role's override beats the global switch the other way round too.
+    let only_nova = config_copy(
+        &sb,
+        "only-nova.yml",
+        &[
+            (
+                "account: mtnova,",
+                "account: mtnova, disableNotificationsOverride: false,",
+            ),
+            (
+                "errorCountToSendMessage: 1",
+                "errorCountToSendMessage: 1\ndisableNotifications: true",
+            ),
+        ],
+    );
+    let only_nova = only_nova.to_str().expect("a UTF-8 path");
+    run(&sb, PUSHER, &["-c", only_nova, "-s", "nova_production"]).assert_exit(3);
+    let mails = sb.mails();
+    assert_eq!(to_admins(&mails).len(), 1, "{}", show_mails(&mails));
+    assert_eq!(to_nova(&mails).len(), 1, "{}", show_mails(&mails));
+}

@@ -9,7 +9,7 @@ use std::fs;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    PUSHER, Run, assert_pushed, config_copy, expected_names, names, refresh, run, sandbox,
+    Frozen, PUSHER, Run, assert_pushed, config_copy, expected_names, names, refresh, run, sandbox,
     ssh_logins, sshd_pid, store_files,
 };
 use managed_tokens_test_support::Sandbox;
@@ -114,35 +114,6 @@ fn a_stopped_node_fails_alone() {
         "only nova_production and dune-2_production push to {STOPPED}: {}",
         push.describe()
     );
-}
-
-/// Resumes a stopped process when dropped, so a failing test leaves no hung sshd.
-struct Frozen<'a> {
-    sb: &'a Sandbox,
-    pid: u32,
-}
-
-impl<'a> Frozen<'a> {
-    fn new(sb: &'a Sandbox, pid: u32) -> Self {
-        signal(sb, "-STOP", pid);
-        Self { sb, pid }
-    }
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        signal(self.sb, "-CONT", self.pid);
-    }
-}
-
-fn signal(sb: &Sandbox, signal: &str, pid: u32) {
-    let status = sb
-        .command("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill {signal} {pid}");
 }
 
 #[test]

@@ -370,3 +370,32 @@ pub(crate) fn sql(sb: &Sandbox, query: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Resumes a stopped process when dropped, so a failing test leaves no hung sshd.
+pub(crate) struct Frozen<'a> {
+    sb: &'a Sandbox,
+    pid: u32,
+}
+
+impl<'a> Frozen<'a> {
+    pub(crate) fn new(sb: &'a Sandbox, pid: u32) -> Self {
+        signal(sb, "-STOP", pid);
+        Self { sb, pid }
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        signal(self.sb, "-CONT", self.pid);
+    }
+}
+
+fn signal(sb: &Sandbox, signal: &str, pid: u32) {
+    let status = sb
+        .command("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
+}
