@@ -12,7 +12,6 @@ use common::{
     Frozen, PUSHER, Run, assert_pushed, config_copy, expected_names, names, refresh, run, sandbox,
     ssh_logins, sshd_pid, store_files,
 };
-use managed_tokens_test_support::Sandbox;
 
 const STOPPED: &str = "127.0.0.13";
 
