@@ -142,6 +142,9 @@ impl Invocation {
     ) -> Option<Exit> {
         let exit = match self.command.as_ref()? {
             Command::CheckConfig => {
+                for warning in check::role_file_overlaps(services) {
+                    warn!("{warning}");
+                }
                 let problems = check::environment(self.binary, services, host.path.as_deref());
                 for p in &problems {
                     error!("{}: {}", p.subject, p.message);

@@ -58,6 +58,31 @@ pub fn environment(
     problems
 }
 
+/// Pairs of services that write the same default-role file on the same node (same account
+/// and a template without `{{.Role}}` or `{{.Service}}`): the last push wins, so the file
+/// names either role. Reported as warnings; the Go service behaved the same way.
+pub fn role_file_overlaps(services: &[Service]) -> Vec<String> {
+    let mut seen: std::collections::BTreeMap<(String, String), &str> =
+        std::collections::BTreeMap::new();
+    let mut warnings = Vec::new();
+    for service in services {
+        // The account stands for the UID, which is only known at run time.
+        let path = service.role_file_destination_for(&format!("<uid of {}>", service.account));
+        for node in &service.nodes {
+            match seen.get(&(node.clone(), path.clone())) {
+                Some(other) if *other != service.name => warnings.push(format!(
+                    "`{other}` and `{}` both write `{path}` on `{node}`; it will name whichever role was pushed last (add {{{{.Role}}}} to defaultRoleFileDestinationTemplate)",
+                    service.name
+                )),
+                _ => {
+                    seen.insert((node.clone(), path.clone()), &service.name);
+                }
+            }
+        }
+    }
+    warnings
+}
+
 /// The external tools `binary` runs for `services`.
 pub fn tools(binary: Binary, services: &[Service]) -> Vec<&'static str> {
     match binary {
@@ -110,6 +135,24 @@ pub fn find_in_path(tool: &str, path: Option<&OsStr>) -> Option<std::path::PathB
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_services_sharing_a_role_file() {
+        let text = concat!(
+            "keytabPath: /k\nkerberosPrincipalPattern: '{{.Account}}@R'\ncondorCollectorHost: c\n",
+            "experiments:\n  e:\n    roles:\n",
+            "      a: {account: x, destinationNodes: [n1, n2]}\n",
+            "      b: {account: x, destinationNodes: [n2]}\n",
+            "      c: {account: y, destinationNodes: [n2]}\n",
+        );
+        let config = crate::config::Config::from_str(text, false, Path::new("x.yml")).unwrap();
+        let warnings = role_file_overlaps(&config.services);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("`e_a` and `e_b`") && warnings[0].contains("`n2`"),
+            "{warnings:?}"
+        );
+    }
 
     #[test]
     fn finds_tools_and_flags_loose_keytabs() {
