@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let cli = RefresherCli::parse();
     let mut stdout = std::io::stdout().lock();
     if let Some(Command::Generate { what }) = cli.command {
-        return match cli::generate::<RefresherCli>(what, &mut stdout).and_then(|()| stdout.flush()) {
+        return match cli::generate::<RefresherCli>(what, &mut stdout).and_then(|()| stdout.flush())
+        {
             Ok(()) => Exit::Success.into(),
             Err(_) => Exit::Fatal.into(),
         };
