@@ -194,31 +194,22 @@ fn push(out: &mut dyn Write, config: &Config, s: &Service) -> io::Result<()> {
         "# uid: {}",
         match s.desired_uid {
             Some(_) => "desiredUIDOverride".to_string(),
+            None if config.ferry.is_some() => format!(
+                "state cache, else FERRY, else `getent passwd {}`",
+                s.account
+            ),
             None => format!("state cache, else `getent passwd {}`", s.account),
         }
     )?;
     let ccache = kinit(out, config, s)?;
     let role_file = s.role_file_destination_for(&uid);
-    let batches = [
-        Batch {
-            dir: "/tmp".into(),
-            files: vec![
-                format!("vt_u{uid}").into(),
-                format!("vt_u{uid}-{}", s.real_name).into(),
-            ],
-        },
-        Batch {
-            dir: Path::new(&role_file)
-                .parent()
-                .map_or("/".into(), |p| p.display().to_string()),
-            files: vec![
-                Path::new(&role_file)
-                    .file_name()
-                    .map(|n| n.into())
-                    .unwrap_or_default(),
-            ],
-        },
-    ];
+    let batches: Vec<Batch> = crate::push::destinations(s, &uid)
+        .into_iter()
+        .map(|(dir, files)| Batch {
+            dir,
+            files: files.into_iter().map(|(name, _)| name.into()).collect(),
+        })
+        .collect();
     for node in &s.nodes {
         for batch in &batches {
             line(

@@ -188,28 +188,9 @@ fn stage_files(
     uid: u32,
     token: &str,
 ) -> anyhow::Result<Vec<Batch>> {
-    let mut by_dir: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let token_line = format!("{token}\n");
-    by_dir
-        .entry("/tmp".into())
-        .or_default()
-        .push((format!("vt_u{uid}"), token_line.clone()));
-    by_dir
-        .entry("/tmp".into())
-        .or_default()
-        .push((format!("vt_u{uid}-{}", service.real_name), token_line));
-    let role_file = PathBuf::from(service.role_file_destination(uid));
-    let dir = role_file
-        .parent()
-        .map_or_else(|| "/".to_string(), |d| d.display().to_string());
-    let name = role_file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    by_dir
-        .entry(dir)
-        .or_default()
-        .push((name, format!("{}\n", service.role)));
+    let role_line = format!("{}\n", service.role);
+    let by_dir = destinations(service, &uid.to_string());
 
     let root = ctx.dir().join(format!("push-{}", service.name));
     let mut batches = Vec::new();
@@ -222,12 +203,46 @@ fn stage_files(
         let mut paths = Vec::new();
         for (name, content) in files {
             let path = local.join(&name);
-            write_private(&path, &content)?;
+            let content = match content {
+                Content::Token => &token_line,
+                Content::Role => &role_line,
+            };
+            write_private(&path, content)?;
             paths.push(path);
         }
         batches.push(Batch { dir, files: paths });
     }
     Ok(batches)
+}
+
+/// What a destination file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The vault token.
+    Token,
+    /// The role name (the default-role file).
+    Role,
+}
+
+/// The files a service puts on each node, grouped by destination directory (one rsync
+/// call per directory): `vt_u<uid>` and `vt_u<uid>-<real name>` in `/tmp`, and the
+/// default-role file where its template says. `uid` is as written (a number, or a
+/// placeholder for display).
+pub fn destinations(service: &Service, uid: &str) -> BTreeMap<String, Vec<(String, Content)>> {
+    let mut by_dir: BTreeMap<String, Vec<(String, Content)>> = BTreeMap::new();
+    let tmp = by_dir.entry("/tmp".into()).or_default();
+    tmp.push((format!("vt_u{uid}"), Content::Token));
+    tmp.push((format!("vt_u{uid}-{}", service.real_name), Content::Token));
+    let role_file = PathBuf::from(service.role_file_destination_for(uid));
+    let dir = role_file
+        .parent()
+        .map_or_else(|| "/".to_string(), |d| d.display().to_string());
+    let name = role_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    by_dir.entry(dir).or_default().push((name, Content::Role));
+    by_dir
 }
 
 fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
