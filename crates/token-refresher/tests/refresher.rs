@@ -953,3 +953,51 @@ fn sigterm_stops_the_run_and_its_children() {
         exited.as_secs_f64()
     );
 }
+
+#[test]
+fn onboarding_runs_on_a_terminal_pushes_and_notifies_nobody() {
+    let sb = sandbox();
+    // A node of the service is down, so the push fails: still no notification.
+    sb.stop("node:127.0.0.13");
+    // `script` gives the refresher a pseudo-terminal, as an operator's shell would.
+    let line =
+        format!("{REFRESHER} --allow-root --run-onboarding -s nova_production --push-tokens");
+    let out = sb
+        .command("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the push to the stopped node fails:\n{text}"
+    );
+    assert!(!text.contains("without a terminal"), "{text}");
+    assert!(text.contains("notifications are off"), "{text}");
+    for credd in credds_of(&sb, "nova_production") {
+        assert!(
+            sb.credd_has_credential(&credd, "nova_production"),
+            "stored in {credd}"
+        );
+    }
+    let uid = sb.service("nova_production").uid;
+    let pushed = sb.node_file("127.0.0.12", &format!("vt_u{uid}-nova_production"));
+    assert!(pushed.is_some(), "the token reached the live node:\n{text}");
+    assert!(sb.mails().is_empty(), "onboarding notifies nobody");
+
+    // Onboarding is for one service at a time.
+    let refresher = Refresher::new(&sb);
+    for args in [
+        &["--run-onboarding"][..],
+        &["--run-onboarding", "-e", "dune"],
+    ] {
+        let out = refresher
+            .command(args)
+            .output()
+            .expect("the refresher runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one service"));
+    }
+}
