@@ -322,7 +322,7 @@ impl Metrics {
             let failed = if o.is_ok() { 0.0 } else { 1.0 };
             m.max(
                 &STAGE_DURATION,
-                vec![("stage", stage_name(o.stage).to_string())],
+                vec![("stage", o.stage.name().to_string())],
                 duration,
             );
             let name = o.service.as_deref().unwrap_or_default();
@@ -505,19 +505,6 @@ impl Metrics {
 fn with(mut labels: Labels, name: &'static str, value: &str) -> Labels {
     labels.push((name, value.to_string()));
     labels
-}
-
-/// The stage as the `--json` summary spells it.
-fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Setup => "setup",
-        Stage::Kerberos => "kerberos",
-        Stage::Discovery => "discovery",
-        Stage::Store => "store",
-        Stage::GetToken => "get-token",
-        Stage::Ping => "ping",
-        Stage::Push => "push",
-    }
 }
 
 fn escape_label(value: &str) -> String {

@@ -289,20 +289,19 @@ fn push_node(
             other => break other,
         }
     };
-    match result {
-        Ok(()) => {
-            info!(
-                "pushed the vault token of `{}` to `{node}` in {:.1}s",
-                service.name,
-                started.elapsed().as_secs_f64()
-            );
-            Outcome::ok(&service.name, target, Stage::Push, started.elapsed())
-        }
-        Err(f) => {
-            log::error!("`{}`: push to `{node}` failed: {f}", service.name);
-            Outcome::failed(&service.name, target, Stage::Push, started.elapsed(), f)
-        }
-    }
+    Outcome::finish(
+        &service.name,
+        target,
+        Stage::Push,
+        started,
+        result,
+        |secs| {
+            format!(
+                "pushed the vault token of `{}` to `{node}` in {secs:.1}s",
+                service.name
+            )
+        },
+    )
 }
 
 fn retryable(f: &Failure) -> bool {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::warn;
 use rayon::prelude::*;
 
 use crate::condor::{self, StorerCall};
@@ -162,20 +162,19 @@ fn store(
         result
     });
     let target = Target::Credd(credd.to_string());
-    match result {
-        Ok(()) => {
-            info!(
-                "stored the vault token of `{}` in credd `{credd}` in {:.1}s",
-                service.name,
-                started.elapsed().as_secs_f64()
-            );
-            Outcome::ok(&service.name, target, Stage::Store, started.elapsed())
-        }
-        Err(f) => {
-            log::error!("`{}`: storing in credd `{credd}` failed: {f}", service.name);
-            Outcome::failed(&service.name, target, Stage::Store, started.elapsed(), f)
-        }
-    }
+    Outcome::finish(
+        &service.name,
+        target,
+        Stage::Store,
+        started,
+        result,
+        |secs| {
+            format!(
+                "stored the vault token of `{}` in credd `{credd}` in {secs:.1}s",
+                service.name
+            )
+        },
+    )
 }
 
 fn run_storer(ctx: &Context, call: &StorerCall<'_>, mode: Mode) -> Result<(), Failure> {
@@ -438,29 +437,17 @@ fn get_token(
     for path in [&staged, &bearer] {
         let _ = fs::remove_file(path);
     }
-    match result {
-        Ok(()) => {
-            info!(
-                "obtained the vault token of `{}` with htgettoken in {:.1}s",
-                service.name,
-                started.elapsed().as_secs_f64()
-            );
-            Outcome::ok(
-                &service.name,
-                Target::Service,
-                Stage::GetToken,
-                started.elapsed(),
+    Outcome::finish(
+        &service.name,
+        Target::Service,
+        Stage::GetToken,
+        started,
+        result,
+        |secs| {
+            format!(
+                "obtained the vault token of `{}` with htgettoken in {secs:.1}s",
+                service.name
             )
-        }
-        Err(f) => {
-            log::error!("`{}`: htgettoken failed: {f}", service.name);
-            Outcome::failed(
-                &service.name,
-                Target::Service,
-                Stage::GetToken,
-                started.elapsed(),
-                f,
-            )
-        }
-    }
+        },
+    )
 }

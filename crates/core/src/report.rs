@@ -61,6 +61,21 @@ pub enum Stage {
     Push,
 }
 
+impl Stage {
+    /// The stage as the `--json` summary, the state and the metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Setup => "setup",
+            Self::Kerberos => "kerberos",
+            Self::Discovery => "discovery",
+            Self::Store => "store",
+            Self::GetToken => "get-token",
+            Self::Ping => "ping",
+            Self::Push => "push",
+        }
+    }
+}
+
 /// What an outcome is about, besides its service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
@@ -254,7 +269,8 @@ pub fn decisive_line(output: &str) -> Option<String> {
         .map(|l| cap(l, 300))
 }
 
-fn cap(text: &str, max: usize) -> String {
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+pub(crate) fn cap(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
@@ -308,6 +324,29 @@ impl Outcome {
         Self {
             failure: Some(failure),
             ..Self::ok(service, target, stage, duration)
+        }
+    }
+
+    /// The outcome of `result` for a target started at `started`, logged once: `done`
+    /// (given the seconds taken) at info on success, the failure at error.
+    pub fn finish(
+        service: &str,
+        target: Target,
+        stage: Stage,
+        started: std::time::Instant,
+        result: Result<(), Failure>,
+        done: impl FnOnce(f64) -> String,
+    ) -> Self {
+        let duration = started.elapsed();
+        match result {
+            Ok(()) => {
+                log::info!("{}", done(duration.as_secs_f64()));
+                Self::ok(service, target, stage, duration)
+            }
+            Err(f) => {
+                log::error!("`{service}`: {} of {target} failed: {f}", stage.name());
+                Self::failed(service, target, stage, duration, f)
+            }
         }
     }
 

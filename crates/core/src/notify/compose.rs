@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::report::{Failure, FailureClass, Outcome, RunReport, Stage, Target};
+use crate::report::{Failure, FailureClass, Outcome, RunReport, Stage, Target, cap};
 use crate::secret::scrub;
 use crate::service::Service;
 use crate::state::{Channel, Notification, RecordedRun, StreakKey, TargetChange};
@@ -648,17 +648,6 @@ fn plural(n: usize, word: &str) -> String {
 
 fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn cap(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 /// Journal lines kept in a unit-failure alert.

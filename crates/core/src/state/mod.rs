@@ -547,19 +547,7 @@ fn outcome_columns(outcome: &Outcome) -> (String, &'static str, &'static str, St
         Stage::Ping => String::new(),
         _ => outcome.service.clone().unwrap_or_default(),
     };
-    (service, stage_name(outcome.stage), kind, name)
-}
-
-fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Setup => "setup",
-        Stage::Kerberos => "kerberos",
-        Stage::Discovery => "discovery",
-        Stage::Store => "store",
-        Stage::GetToken => "get-token",
-        Stage::Ping => "ping",
-        Stage::Push => "push",
-    }
+    (service, outcome.stage.name(), kind, name)
 }
 
 /// The class as the `--json` summary spells it.
