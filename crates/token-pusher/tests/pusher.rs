@@ -212,3 +212,94 @@ fn a_service_without_a_local_token_is_reported_and_the_others_are_pushed() {
         );
     }
 }
+
+#[test]
+fn dry_runs_show_every_command_and_status_covers_every_service() {
+    let sb = sandbox();
+    let services = [
+        "dune-2_production",
+        "dune_analysis",
+        "dune_production",
+        "nova_production",
+    ];
+
+    // The pusher's plan: one rsync per (service, node, destination directory), nothing run.
+    let plan = sb
+        .command(PUSHER)
+        .args(["--allow-root", "--dry-run"])
+        .output()
+        .expect("the pusher runs");
+    assert_eq!(plan.status.code(), Some(0));
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    for service in services {
+        let info = sb.service(service);
+        for node in &info.nodes {
+            let rsync = plan
+                .lines()
+                .filter(|l| {
+                    l.contains(" rsync ") && l.contains(&format!("{}@{node}:/tmp/", info.account))
+                })
+                .filter(|l| l.contains(&format!("vt_u<uid>-{}", info.real)))
+                .count();
+            assert_eq!(rsync, 1, "{service} to {node}:\n{plan}");
+        }
+    }
+    for node in sb.info().nodes.keys() {
+        assert!(names(&sb, node).is_empty(), "a dry run wrote to {node}");
+    }
+
+    // ping-nodes plans one ping per distinct node.
+    let ping = sb
+        .command(common::ping_nodes())
+        .args(["--allow-root", "--dry-run"])
+        .output()
+        .expect("ping-nodes runs");
+    let ping = String::from_utf8_lossy(&ping.stdout);
+    for node in sb.info().nodes.keys() {
+        let pings = ping
+            .lines()
+            .filter(|l| l.starts_with("ping ") && l.contains(&format!(" {node} ")))
+            .count();
+        assert_eq!(pings, 1, "{node}:\n{ping}");
+    }
+
+    // After real runs, the run summary and `status --json` cover every service.
+    refresh(&sb, &[]);
+    let push = run(&sb, PUSHER, &[]);
+    push.assert_exit(0);
+    let covered: BTreeMap<&str, usize> = push.summary["services"]
+        .as_array()
+        .expect("a list of services")
+        .iter()
+        .map(|s| (s.as_str().expect("a name"), 0))
+        .collect();
+    assert_eq!(covered.keys().copied().collect::<Vec<_>>(), services);
+    assert_eq!(push.summary["schema"], 1);
+    assert_eq!(push.summary["totals"]["failed"], 0);
+
+    let status = sb
+        .command(PUSHER)
+        .args(["--allow-root", "status", "--json"])
+        .output()
+        .expect("status runs");
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("status --json is JSON");
+    assert_eq!(status["schema"], 1);
+    let listed: Vec<&str> = status["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["service"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(listed, services, "{status:#}");
+    for s in status["services"].as_array().expect("services") {
+        assert!(!s["last_push"].is_null(), "a push was recorded: {s}");
+        assert!(!s["last_refresh"].is_null(), "a refresh was recorded: {s}");
+    }
+}

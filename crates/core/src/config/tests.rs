@@ -309,3 +309,103 @@ fn the_example_configuration_is_valid() {
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(!config.services.is_empty());
 }
+
+/// Every key the Go service reads (anchor §2.2-2.4), each role override included.
+const EVERY_GO_KEY: &str = r#"
+keytabPath: /k
+kerberosPrincipalPattern: "{{.Account}}@FNAL.GOV"
+condorCollectorHost: "c1,c2"
+condorScheddConstraint: 'regexp("jobsub", Name)'
+condorCreddHost: credd0.fnal.gov
+vaultServer: vault.fnal.gov
+serviceCreddVaultTokenPathRoot: /var/lib/managed-tokens/service-credd-vault-tokens
+dbLocation: /var/lib/managed-tokens/uid.db
+errorCountToSendMessage: 2
+defaultRoleFileDestinationTemplate: "/tmp/default_role_{{.Experiment}}_{{.DesiredUID}}"
+pingOptions: "-W 3"
+fileCopierOptions: "--perms --chmod=u=r,go="
+sshOptions: "-o ConnectTimeout=10"
+disableNotifications: false
+devEnvironmentLabel: development
+minTokenLifetime: 10s
+htgettokenopts: "--credkey=x"
+userPrincipal: ignored@FNAL.GOV
+tokenGetter: getToken
+timeouts: {globalTimeout: 300s, kerberosTimeout: 20s, vaultStorerTimeout: 60s, pingTimeout: 10s,
+           pushTimeout: 30s, ferryRequestTimeout: 30s, dbTimeout: 10s}
+workerType:
+  getKerberosTickets: {numRetries: 0, retrySleep: 0s}
+  getToken: {numRetries: 0, retrySleep: 0s}
+  storeAndGetToken: {numRetries: 1, retrySleep: 5s}
+  storeAndGetTokenInteractive: {numRetries: 0, retrySleep: 0s}
+  pingAggregator: {numRetries: 0, retrySleep: 0s}
+  pushTokens: {numRetries: 1, retrySleep: 10s}
+ferry: {host: "https://ferry.fnal.gov", port: 8445, caPath: /ca, hostCert: /c.pem, hostKey: /k.pem,
+        serviceExperiment: fermilab, serviceRole: production, serviceKerberosPrincipal: x@FNAL.GOV,
+        serviceKeytabPath: /x.keytab, vaultServer: vault.fnal.gov}
+email: {from: a@fnal.gov, smtpHost: smtp.fnal.gov, smtpPort: 25}
+logs:
+  token-push: {logfile: /var/log/a.log, debugfile: /var/log/a.debug}
+  refresh-uids-from-ferry: {logfile: /var/log/b.log, debugfile: /var/log/b.debug}
+prometheus: {host: "http://pg:9091", jobname: managed_tokens}
+loki: {host: "http://loki:3100", response_header_timeout: 1s}
+tracing: {url: "http://otel:4318"}
+notifications: {SLACK_ALERTS_URL: "https://hooks.slack.com/x", admin_email: "a@fnal.gov"}
+notifications_test: {SLACK_ALERTS_URL: "https://hooks.slack.com/y", admin_email: "b@fnal.gov"}
+experiments:
+  dune:
+    emails: [d@fnal.gov]
+    experimentOverride: dune
+    roles:
+      production:
+        account: dunepro
+        destinationNodes: [n1]
+        desiredUIDOverride: 42
+        keytabPathOverride: /o.keytab
+        userPrincipalOverride: dunepro/x@FNAL.GOV
+        kerberosPrincipalPatternOverride: "{{.Account}}/y@FNAL.GOV"
+        condorCollectorHostOverride: c3
+        condorCreddHostOverride: credd1.fnal.gov
+        condorScheddConstraintOverride: 'Name == "x"'
+        vaultServerOverride: vault2.fnal.gov
+        serviceCreddVaultTokenPathRootOverride: /store2
+        fileCopierOptionsOverride: "--perms"
+        pingOptionsOverride: "-W 2"
+        sshOptionsOverride: "-o ConnectTimeout=5"
+        defaultRoleFileDestinationTemplateOverride: "/tmp/{{.DesiredUID}}_{{.Account}}"
+        disableNotificationsOverride: true
+        tokenGetterOverride: storeAndGetToken
+"#;
+
+#[test]
+fn every_key_of_the_go_service_loads() {
+    let config = parse(EVERY_GO_KEY).unwrap_or_else(|e| panic!("{e}"));
+    let s = config.service("dune_production").unwrap();
+    assert_eq!(s.principal, "dunepro/x@FNAL.GOV");
+    assert_eq!(s.keytab, Path::new("/o.keytab"));
+    assert_eq!(s.collectors, ["c3"]);
+    assert_eq!(s.credds, ["credd1.fnal.gov"]);
+    assert_eq!(s.schedd_constraint.as_deref(), Some(r#"Name == "x""#));
+    assert_eq!(s.vault_server.as_deref(), Some("vault2.fnal.gov"));
+    assert_eq!(s.token_store, Path::new("/store2"));
+    assert_eq!(s.rsync_options, ["--perms"]);
+    assert_eq!(s.ping_options, ["-W", "2"]);
+    assert_eq!(s.ssh_options, ["-o", "ConnectTimeout=5"]);
+    assert_eq!(s.role_file_destination(42), "/tmp/42_dunepro");
+    assert_eq!(s.desired_uid, Some(42));
+    assert!(!s.notify);
+    assert_eq!(config.environment_label, "development");
+    assert_eq!(config.retries.token.retries, 1);
+    assert!(config.ferry.is_some());
+    assert_eq!(
+        config.ignored_keys,
+        [
+            "htgettokenopts",
+            "logs",
+            "loki",
+            "tracing",
+            "userPrincipal",
+            "tokenGetter"
+        ]
+    );
+}
