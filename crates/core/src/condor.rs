@@ -355,6 +355,49 @@ mod tests {
     }
 
     #[test]
+    fn classifies_recorded_storer_output() {
+        let failed = |stderr: &str| CmdError::Failed {
+            command: "condor_vault_storer x".into(),
+            status: "exited with status 1".into(),
+            output: crate::runner::Output {
+                code: Some(1),
+                stdout: String::new(),
+                stderr: stderr.into(),
+                duration: Duration::ZERO,
+            },
+        };
+        let cases = [
+            (
+                include_str!(
+                    "../../../tests/fixtures/tool-output/condor_vault_storer-vault-down.txt"
+                ),
+                FailureClass::VaultUnreachable,
+            ),
+            (
+                include_str!(
+                    "../../../tests/fixtures/tool-output/condor_vault_storer-credd-down.txt"
+                ),
+                FailureClass::CreddUnreachable,
+            ),
+            (
+                include_str!(
+                    "../../../tests/fixtures/tool-output/condor_vault_storer-authentication-needed.txt"
+                ),
+                FailureClass::AuthenticationNeeded,
+            ),
+        ];
+        for (output, class) in cases {
+            let (found, line) = classify(&failed(output));
+            assert_eq!(found, class, "{output}");
+            assert!(line.is_some());
+        }
+        let names = parse_names(include_str!(
+            "../../../tests/fixtures/tool-output/condor_status-af-name.txt"
+        ));
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
     fn parses_schedd_names() {
         assert_eq!(
             parse_names("a.fnal.gov\n127.0.0.1:9620\n\na.fnal.gov\n-x\n"),

@@ -130,6 +130,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_recorded_klist() {
+        let out = include_str!("../../../tests/fixtures/tool-output/klist.txt");
+        assert_eq!(
+            default_principal(out),
+            Some("mtdune/managedtokens@TEST.REALM")
+        );
+    }
+
+    #[test]
     fn parses_klist() {
         let out = "Ticket cache: FILE:/tmp/x\nDefault principal: mtdune/managedtokens@TEST.REALM\n\n\
                    Valid starting     Expires            Service principal\n";

@@ -138,6 +138,7 @@ pub fn classify(err: &CmdError) -> (FailureClass, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+
     use std::path::Path;
 
     use super::*;
@@ -152,6 +153,30 @@ mod tests {
             .unwrap()
             .services
             .remove(0)
+    }
+
+    #[test]
+    fn classifies_recorded_rsync_output() {
+        let failed = |stderr: &str, code| CmdError::Failed {
+            command: "rsync".into(),
+            status: format!("exited with status {code}"),
+            output: crate::runner::Output {
+                code: Some(code),
+                stdout: String::new(),
+                stderr: stderr.into(),
+                duration: Duration::ZERO,
+            },
+        };
+        let refused =
+            include_str!("../../../tests/fixtures/tool-output/rsync-connection-refused.txt");
+        let (class, line) = classify(&failed(refused, 12));
+        assert_eq!(class, FailureClass::Unreachable);
+        assert!(line.unwrap().starts_with("ssh: connect to host"));
+        let denied =
+            include_str!("../../../tests/fixtures/tool-output/rsync-permission-denied.txt");
+        let (class, line) = classify(&failed(denied, 255));
+        assert_eq!(class, FailureClass::AuthenticationRefused);
+        assert!(line.unwrap().contains("Permission denied (gssapi"));
     }
 
     #[test]

@@ -4,66 +4,7 @@ use super::*;
 use crate::service::TokenGetter;
 
 /// Shaped like the Go service's shipped sample, with the keys operators actually set.
-const GO_SAMPLE: &str = r#"
-keytabPath: /opt/managed-tokens/keytabs
-kerberosPrincipalPattern: "{{.Account}}/managedtokens/fifeutilgpvm01.fnal.gov@FNAL.GOV"
-condorCollectorHost: "collector1.fnal.gov,collector2.fnal.gov"
-condorScheddConstraint: 'regexp("jobsub", Name)'
-vaultServer: htvaultprod.fnal.gov
-serviceCreddVaultTokenPathRoot: /var/lib/managed-tokens/service-credd-vault-tokens
-dbLocation: /var/lib/managed-tokens/managed-tokens.db
-errorCountToSendMessage: 3
-minTokenLifetime: 3d
-defaultRoleFileDestinationTemplate: "/tmp/{{.DesiredUID}}_{{.Account}}"
-fileCopierOptions: "--perms --chmod=u=r,go="
-sshOptions: "-o ConnectTimeout=10"
-pingOptions: "-W 3"
-devEnvironmentLabel: production
-timeouts:
-  globalTimeout: 300s
-  kerberosTimeout: 20s
-  vaultStorerTimeout: 60s
-  pingTimeout: 10s
-  pushTimeout: 30s
-  ferryRequestTimeout: 30s
-  dbTimeout: 10s
-workerType:
-  pushTokens: {numRetries: 2, retrySleep: 10s}
-  storeAndGetTokenInteractive: {numRetries: 0, retrySleep: 0s}
-email: {from: managed-tokens@fnal.gov, smtpHost: smtp.fnal.gov, smtpPort: 25}
-notifications:
-  admin_email: fife-group@fnal.gov
-  SLACK_ALERTS_URL: https://hooks.slack.com/services/T/B/X
-notifications_test:
-  admin_email: [me@fnal.gov]
-prometheus: {host: "http://pushgateway.fnal.gov:9091", jobname: managed_tokens}
-ferry: {host: "https://ferry.fnal.gov", port: 8445}
-logs: {token-push: {logfile: /var/log/managed-tokens/token-push.log}}
-loki: {host: "http://loki:3100"}
-tracing: {url: "http://otel:4318"}
-experiments:
-  dune:
-    emails: [dune-ops@fnal.gov]
-    roles:
-      production:
-        account: dunepro
-        destinationNodes: [dunegpvm01.fnal.gov, dunegpvm02.fnal.gov]
-      analysis:
-        account: duneana
-        destinationNodes: [dunegpvm01.fnal.gov]
-        desiredUIDOverride: 5001
-        condorCreddHostOverride: "credd1.fnal.gov, credd2.fnal.gov"
-        disableNotificationsOverride: true
-        tokenGetterOverride: getToken
-  dune-2:
-    experimentOverride: dune
-    roles:
-      production:
-        account: dunepro
-        destinationNodes: [dunegpvm03.fnal.gov]
-        keytabPathOverride: /opt/keytabs/special.keytab
-        userPrincipalOverride: dunepro@FNAL.GOV
-"#;
+const GO_SAMPLE: &str = include_str!("../../../../tests/fixtures/go-service-sample.yml");
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_str(
@@ -310,72 +251,8 @@ fn the_example_configuration_is_valid() {
     assert!(!config.services.is_empty());
 }
 
-/// Every key the Go service reads (anchor §2.2-2.4), each role override included.
-const EVERY_GO_KEY: &str = r#"
-keytabPath: /k
-kerberosPrincipalPattern: "{{.Account}}@FNAL.GOV"
-condorCollectorHost: "c1,c2"
-condorScheddConstraint: 'regexp("jobsub", Name)'
-condorCreddHost: credd0.fnal.gov
-vaultServer: vault.fnal.gov
-serviceCreddVaultTokenPathRoot: /var/lib/managed-tokens/service-credd-vault-tokens
-dbLocation: /var/lib/managed-tokens/uid.db
-errorCountToSendMessage: 2
-defaultRoleFileDestinationTemplate: "/tmp/default_role_{{.Experiment}}_{{.DesiredUID}}"
-pingOptions: "-W 3"
-fileCopierOptions: "--perms --chmod=u=r,go="
-sshOptions: "-o ConnectTimeout=10"
-disableNotifications: false
-devEnvironmentLabel: development
-minTokenLifetime: 10s
-htgettokenopts: "--credkey=x"
-userPrincipal: ignored@FNAL.GOV
-tokenGetter: getToken
-timeouts: {globalTimeout: 300s, kerberosTimeout: 20s, vaultStorerTimeout: 60s, pingTimeout: 10s,
-           pushTimeout: 30s, ferryRequestTimeout: 30s, dbTimeout: 10s}
-workerType:
-  getKerberosTickets: {numRetries: 0, retrySleep: 0s}
-  getToken: {numRetries: 0, retrySleep: 0s}
-  storeAndGetToken: {numRetries: 1, retrySleep: 5s}
-  storeAndGetTokenInteractive: {numRetries: 0, retrySleep: 0s}
-  pingAggregator: {numRetries: 0, retrySleep: 0s}
-  pushTokens: {numRetries: 1, retrySleep: 10s}
-ferry: {host: "https://ferry.fnal.gov", port: 8445, caPath: /ca, hostCert: /c.pem, hostKey: /k.pem,
-        serviceExperiment: fermilab, serviceRole: production, serviceKerberosPrincipal: x@FNAL.GOV,
-        serviceKeytabPath: /x.keytab, vaultServer: vault.fnal.gov}
-email: {from: a@fnal.gov, smtpHost: smtp.fnal.gov, smtpPort: 25}
-logs:
-  token-push: {logfile: /var/log/a.log, debugfile: /var/log/a.debug}
-  refresh-uids-from-ferry: {logfile: /var/log/b.log, debugfile: /var/log/b.debug}
-prometheus: {host: "http://pg:9091", jobname: managed_tokens}
-loki: {host: "http://loki:3100", response_header_timeout: 1s}
-tracing: {url: "http://otel:4318"}
-notifications: {SLACK_ALERTS_URL: "https://hooks.slack.com/x", admin_email: "a@fnal.gov"}
-notifications_test: {SLACK_ALERTS_URL: "https://hooks.slack.com/y", admin_email: "b@fnal.gov"}
-experiments:
-  dune:
-    emails: [d@fnal.gov]
-    experimentOverride: dune
-    roles:
-      production:
-        account: dunepro
-        destinationNodes: [n1]
-        desiredUIDOverride: 42
-        keytabPathOverride: /o.keytab
-        userPrincipalOverride: dunepro/x@FNAL.GOV
-        kerberosPrincipalPatternOverride: "{{.Account}}/y@FNAL.GOV"
-        condorCollectorHostOverride: c3
-        condorCreddHostOverride: credd1.fnal.gov
-        condorScheddConstraintOverride: 'Name == "x"'
-        vaultServerOverride: vault2.fnal.gov
-        serviceCreddVaultTokenPathRootOverride: /store2
-        fileCopierOptionsOverride: "--perms"
-        pingOptionsOverride: "-W 2"
-        sshOptionsOverride: "-o ConnectTimeout=5"
-        defaultRoleFileDestinationTemplateOverride: "/tmp/{{.DesiredUID}}_{{.Account}}"
-        disableNotificationsOverride: true
-        tokenGetterOverride: storeAndGetToken
-"#;
+/// Every key the Go service reads, each role override included.
+const EVERY_GO_KEY: &str = include_str!("../../../../tests/fixtures/go-service-every-key.yml");
 
 #[test]
 fn every_key_of_the_go_service_loads() {
