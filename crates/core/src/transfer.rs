@@ -138,7 +138,6 @@ pub fn classify(err: &CmdError) -> (FailureClass, Option<String>) {
 
 #[cfg(test)]
 mod tests {
-
     use std::path::Path;
 
     use super::*;
