@@ -181,6 +181,7 @@ impl Invocation {
         Some(exit)
     }
 
+    /// The run itself: lock, work on the pool, then record, notify, publish and report.
     fn work(
         self,
         config: Config,
@@ -206,54 +207,12 @@ impl Invocation {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 
         let started = Instant::now();
-        let runner = Runner::new(started + config.timeouts.global);
-        let handler_runner = runner.clone();
-        if let Err(e) = ctrlc::set_handler(move || {
-            warn!("terminating: stopping every running command");
-            handler_runner.cancel();
-        }) {
-            warn!("cannot handle SIGTERM: {e}");
-        }
-
         let names = services.iter().map(|s| s.name.clone()).collect();
         let mut report = RunReport::new(self.binary, self.common.test, names);
-        let state = match open_state(&config) {
-            Ok(state) => Some(state),
-            Err(e) => {
-                let message = format!("state database unavailable: {e:#}");
-                error!("{message}");
-                report.run_errors.push(message);
-                None
-            }
+        let (ctx, pool) = match self.prepare(config, host, started, &mut report) {
+            Ok(prepared) => prepared,
+            Err(exit) => return exit,
         };
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("managed-tokens-");
-        let run_dir = match &host.runtime_directory {
-            Some(dir) => builder.tempdir_in(dir),
-            None => builder.tempdir(),
-        };
-        let run_dir = match run_dir {
-            Ok(dir) => dir,
-            Err(e) => {
-                error!("failed to create a private run directory: {e}");
-                return Exit::Fatal;
-            }
-        };
-        let pool = match rayon::ThreadPoolBuilder::new()
-            .num_threads(config.concurrency)
-            .thread_name(|i| format!("worker-{i}"))
-            .build()
-        {
-            Ok(pool) => pool,
-            Err(e) => {
-                error!("failed to start {} workers: {e}", config.concurrency);
-                return Exit::Fatal;
-            }
-        };
-
-        let mut ctx = Context::new(config, host, runner, run_dir, state);
-        ctx.verbose = self.common.verbose > 0;
-        ctx.test = self.common.test;
         info!(
             "{} for {} services (concurrency {})",
             self.binary,
@@ -268,6 +227,68 @@ impl Invocation {
             warn!("the run was cut short (global timeout or signal); reporting what was done");
         }
 
+        self.finish(ctx, &mut report);
+        summarize(&report);
+        if self.common.json {
+            let _ =
+                serde_json::to_writer_pretty(&mut *out, &report.summary()).map(|()| writeln!(out));
+        }
+        report.exit()
+    }
+
+    /// Everything a run needs before its work: the runner with the run's deadline (and
+    /// SIGTERM wired to it), the state, the private directory and the bounded pool. A state
+    /// database that cannot be opened is a run error, not a reason to stay silent.
+    fn prepare(
+        &self,
+        config: Config,
+        host: HostEnv,
+        started: Instant,
+        report: &mut RunReport,
+    ) -> Result<(Context, rayon::ThreadPool), Exit> {
+        let runner = Runner::new(started + config.timeouts.global);
+        let handler_runner = runner.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            warn!("terminating: stopping every running command");
+            handler_runner.cancel();
+        }) {
+            warn!("cannot handle SIGTERM: {e}");
+        }
+        let state = match open_state(&config) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                let message = format!("state database unavailable: {e:#}");
+                error!("{message}");
+                report.run_errors.push(message);
+                None
+            }
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("managed-tokens-");
+        let run_dir = match &host.runtime_directory {
+            Some(dir) => builder.tempdir_in(dir),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| {
+            error!("failed to create a private run directory: {e}");
+            Exit::Fatal
+        })?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.concurrency)
+            .thread_name(|i| format!("worker-{i}"))
+            .build()
+            .map_err(|e| {
+                error!("failed to start {} workers: {e}", config.concurrency);
+                Exit::Fatal
+            })?;
+        let mut ctx = Context::new(config, host, runner, run_dir, state);
+        ctx.verbose = self.common.verbose > 0;
+        ctx.test = self.common.test;
+        Ok((ctx, pool))
+    }
+
+    /// After the work, whatever happened: the state, the notifications and the metrics.
+    fn finish(&self, ctx: Context, report: &mut RunReport) {
         let enabled = !self.common.dont_notify && self.onboarding.is_none();
         if !enabled {
             info!("notifications are off for this run");
@@ -277,23 +298,12 @@ impl Invocation {
             s.into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         });
-        notify::finish_run(
-            &config,
-            &mut report,
-            state.as_mut(),
-            &NotifyOptions {
-                enabled,
-                test: self.common.test,
-            },
-        );
-        crate::metrics::publish(&config, &report, state.as_ref());
-
-        summarize(&report);
-        if self.common.json {
-            let _ =
-                serde_json::to_writer_pretty(&mut *out, &report.summary()).map(|()| writeln!(out));
-        }
-        report.exit()
+        let options = NotifyOptions {
+            enabled,
+            test: self.common.test,
+        };
+        notify::finish_run(&config, report, state.as_mut(), &options);
+        crate::metrics::publish(&config, report, state.as_ref());
     }
 
     fn outcomes(
