@@ -313,6 +313,15 @@ fn admin_advice(outcome: &Outcome, failure: &Failure, service: Option<&Service>)
             "re-onboard: run `token-refresher --run-onboarding -s {name}` and complete the \
              login in a browser"
         ),
+        (FailureClass::KinitFailed, _)
+            if failure
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("Cannot contact any KDC")) =>
+        {
+            "check that the KDCs of the realm are up and reachable from this host (krb5.conf)"
+                .into()
+        }
         (FailureClass::KinitFailed | FailureClass::PrincipalMismatch, _) => match service {
             Some(s) => format!(
                 "check the keytab: `klist -k {}` must list `{}`",
