@@ -32,6 +32,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+pub mod ferry;
+
 /// Where `scripts/sandbox provision` caches its software unless
 /// `MANAGED_TOKENS_SANDBOX_CACHE` says otherwise.
 pub const DEFAULT_CACHE: &str = "/var/cache/managed-tokens-sandbox";

@@ -303,3 +303,48 @@ fn dry_runs_show_every_command_and_status_covers_every_service() {
         assert!(!s["last_refresh"].is_null(), "a refresh was recorded: {s}");
     }
 }
+
+#[test]
+fn uids_come_from_ferry_where_configured_and_are_cached() {
+    let sb = sandbox();
+    refresh(&sb, &["nova_production"]);
+    let ferry = managed_tokens_test_support::ferry::FerryStandIn::start(&[("mtnova", 5555)]);
+    let section = format!(
+        "ferry: {{host: '{}', caPath: '{}', hostCert: '{}', hostKey: '{}'}}\n",
+        ferry.url,
+        ferry.ca_path().display(),
+        ferry.cert().display(),
+        ferry.key().display()
+    );
+    let config = config_copy(
+        &sb,
+        "ferry.yml",
+        &[(
+            "errorCountToSendMessage: 1",
+            &format!("errorCountToSendMessage: 1\n{section}"),
+        )],
+    );
+    let config = config.to_str().expect("a UTF-8 path");
+
+    let push = run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]);
+    push.assert_exit(0);
+    for node in &sb.service("nova_production").nodes {
+        let files = names(&sb, node);
+        assert!(
+            files.contains("vt_u5555") && files.contains("vt_u5555-nova_production"),
+            "{node}: {files:?}"
+        );
+    }
+    assert_eq!(ferry.requests(), ["mtnova"]);
+
+    // The answer is cached: FERRY is not asked again, even when it is gone.
+    let url = ferry.url.clone();
+    drop(ferry);
+    let again = run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]);
+    again.assert_exit(0);
+    assert!(
+        !again.stderr.contains(&url),
+        "FERRY was asked again: {}",
+        again.stderr
+    );
+}
