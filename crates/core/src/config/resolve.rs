@@ -215,10 +215,13 @@ fn resolve_role(
         credkey,
         keytab,
         desired_uid: raw.desired_uid_override,
-        vault_server: raw
-            .vault_server_override
-            .clone()
-            .or_else(|| d.vault_server.clone()),
+        vault_server: vault_server(
+            raw.vault_server_override
+                .as_deref()
+                .or(d.vault_server.as_deref()),
+            &key("vaultServerOverride"),
+            p,
+        ),
         collectors,
         credds,
         schedd_constraint: raw
@@ -317,6 +320,23 @@ fn nodes(raw: Option<Vec<String>>, key: &str, p: &mut Vec<Problem>) -> Vec<Strin
         }
     }
     unique
+}
+
+/// The vault server travels inside `_condor_SEC_CREDENTIAL_GETTOKEN_OPTS`, which the
+/// storer splits on spaces: anything but a plain URL or host could smuggle options in.
+fn vault_server(value: Option<&str>, key: &str, p: &mut Vec<Problem>) -> Option<String> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty())?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_:/[]".contains(c);
+    if value.starts_with('-') || !value.chars().all(allowed) {
+        p.push(Problem::new(
+            key,
+            format!(
+                "`{}` is not a vault server URL or host name",
+                value.escape_debug()
+            ),
+        ));
+    }
+    Some(value.to_string())
 }
 
 fn host_list(value: Option<&str>, key: &str, p: &mut Vec<Problem>) -> Vec<String> {

@@ -197,6 +197,20 @@ fn names_reaching_a_command_line_are_checked() {
 }
 
 #[test]
+fn vault_servers_cannot_carry_options() {
+    let p = problems(&format!(
+        "{MINIMAL}vaultServer: 'https://v:8200 --nokerberos'\n"
+    ));
+    assert!(p[0].message.contains("not a vault server"), "{p:?}");
+    assert!(
+        parse(&format!(
+            "{MINIMAL}vaultServer: https://htvault.fnal.gov:8200\n"
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
 fn templates_are_checked() {
     let p = problems(&format!(
         "{MINIMAL}defaultRoleFileDestinationTemplate: /tmp/{{{{.Nope}}}}\n"
