@@ -348,3 +348,23 @@ fn uids_come_from_ferry_where_configured_and_are_cached() {
         again.stderr
     );
 }
+
+#[test]
+fn tokens_are_0400_whatever_the_rsync_options_say() {
+    let sb = sandbox();
+    refresh(&sb, &["nova_production"]);
+    let config = config_copy(
+        &sb,
+        "chmod.yml",
+        &[(
+            "errorCountToSendMessage: 1",
+            "errorCountToSendMessage: 1\nfileCopierOptions: \"--chmod=ugo+rw --no-perms\"",
+        )],
+    );
+    let config = config.to_str().expect("a UTF-8 path");
+    let started = SystemTime::now();
+    run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]).assert_exit(0);
+    for node in &sb.service("nova_production").nodes {
+        assert_pushed(&sb, "nova_production", node, started);
+    }
+}

@@ -1001,3 +1001,75 @@ fn onboarding_runs_on_a_terminal_pushes_and_notifies_nobody() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one service"));
     }
 }
+
+#[test]
+fn get_token_services_use_htgettoken_directly() {
+    let sb = sandbox();
+    let config = fs::read_to_string(&sb.info().config).expect("the sandbox configuration");
+    let direct = config.replace(
+        "production: {account: mtnova,",
+        "production: {account: mtnova, tokenGetterOverride: getToken,",
+    );
+    assert_ne!(direct, config, "nova's role is there to change");
+    let path = sb.dir().join("get-token.yml");
+    fs::write(&path, direct).expect("the configuration is written");
+    let path = path.to_string_lossy().into_owned();
+    let refresher = Refresher::new(&sb);
+
+    let first = refresher.run(&[
+        "-c",
+        &path,
+        "-s",
+        "nova_production",
+        "--dont-notify",
+        "--json",
+    ]);
+    first.assert_exit(0);
+    assert_eq!(
+        first.at("nova_production", "get-token").len(),
+        1,
+        "{}",
+        first.describe()
+    );
+    assert!(
+        first.at("nova_production", "store").is_empty(),
+        "{}",
+        first.describe()
+    );
+    let files = store(&sb);
+    let name = format!("vt_u{}-nova_production", my_uid());
+    let copy = files
+        .get(&name)
+        .unwrap_or_else(|| panic!("{name} in {:?}", files.keys()));
+    assert_eq!(copy.mode, 0o600);
+    assert!(copy.contents.starts_with("s.") || copy.contents.starts_with("hvs."));
+    assert_eq!(
+        files.len(),
+        1,
+        "nothing stored per credd: {:?}",
+        files.keys()
+    );
+    for credd in &sb.info().credds {
+        assert!(
+            !sb.credd_has_credential(credd, "nova_production"),
+            "nothing stored in {credd}"
+        );
+    }
+
+    let logins = sb.vault_login_count("nova_production");
+    let second = refresher.run(&[
+        "-c",
+        &path,
+        "-s",
+        "nova_production",
+        "--dont-notify",
+        "--json",
+    ]);
+    second.assert_exit(0);
+    assert_eq!(
+        sb.vault_login_count("nova_production"),
+        logins,
+        "the stored token is reused"
+    );
+    refresher.assert_clean(&second);
+}
