@@ -100,6 +100,9 @@ fn a_stopped_node_fails_alone() {
                 let failure = &outcome["failure"];
                 let text = format!("{} {}", failure["message"], failure["detail"]);
                 assert!(text.contains(STOPPED), "the failure names the node: {text}");
+                // The sandbox retries once after 2 s, but not a node known to be down.
+                let waited = outcome["duration"].as_f64().expect("a duration");
+                assert!(waited < 2.0, "an unreachable node was retried ({waited}s)");
             } else {
                 assert!(outcome["failure"].is_null(), "{}", push.describe());
                 assert_pushed(&sb, name, node, started);
