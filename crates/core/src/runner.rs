@@ -30,6 +30,9 @@ const MANAGED_VARIABLES: [&str; 7] = [
     "BEARER_TOKEN_FILE",
 ];
 
+/// Why children of a cancelled run fail.
+const CANCELLED: &str = "the run was cancelled";
+
 /// How long a killed group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -377,69 +380,23 @@ impl Runner {
     /// Runs `cmd` and returns its output whatever its exit status.
     pub fn run_unchecked(&self, cmd: &Command) -> Result<Output, CmdError> {
         let rendered = cmd.to_string();
-        if self.inner.cancelled.load(Ordering::SeqCst) {
-            return Err(CmdError::Cancelled {
-                command: rendered,
-                reason: "the run was cancelled",
-            });
-        }
-        let now = Instant::now();
-        if now >= self.inner.deadline {
-            return Err(CmdError::Cancelled {
-                command: rendered,
-                reason: "the run's global timeout has passed",
-            });
-        }
-        let (limit, global) = if now + cmd.timeout > self.inner.deadline {
-            (self.inner.deadline - now, true)
-        } else {
-            (cmd.timeout, false)
-        };
-
+        let (limit, global) = self.limit(cmd, &rendered)?;
         debug!("running {rendered}");
         let started = Instant::now();
-        let handle = spawn(cmd).map_err(|source| CmdError::Spawn {
-            command: rendered.clone(),
-            source,
-        })?;
-        let group = handle
-            .pids()
-            .first()
-            .and_then(|&pid| i32::try_from(pid).ok());
-        if let Some(group) = group.filter(|_| !cmd.interactive) {
-            self.live().insert(group);
-        }
-        let waited = self.wait(&handle, group, limit, cmd.interactive);
-        if let Some(group) = group {
-            self.live().remove(&group);
-        }
-        let output = waited.map_err(|source| CmdError::Spawn {
-            command: rendered.clone(),
-            source,
-        })?;
+        let (raw, killed) = self
+            .supervise(cmd, limit)
+            .map_err(|source| CmdError::Spawn {
+                command: rendered.clone(),
+                source,
+            })?;
         let duration = started.elapsed();
 
-        let Some(raw) = output else {
-            let stderr = String::new();
-            if self.inner.cancelled.load(Ordering::SeqCst) {
-                return Err(CmdError::Cancelled {
-                    command: rendered,
-                    reason: "the run was cancelled",
-                });
-            }
-            return Err(CmdError::TimedOut {
-                command: rendered,
-                limit,
-                global,
-                stderr,
-            });
-        };
         // `cancel` signals every live group itself, so a child usually dies of it before
         // `wait` sees the flag; its failure is the cancellation, not its own.
-        if !raw.status.success() && self.inner.cancelled.load(Ordering::SeqCst) {
+        if self.inner.cancelled.load(Ordering::SeqCst) && (killed || !raw.status.success()) {
             return Err(CmdError::Cancelled {
                 command: rendered,
-                reason: "the run was cancelled",
+                reason: CANCELLED,
             });
         }
         let output = Output {
@@ -448,13 +405,22 @@ impl Runner {
             stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
             duration,
         };
+        if killed {
+            // What it printed before it was killed often says why it hung.
+            return Err(CmdError::TimedOut {
+                command: rendered,
+                limit,
+                global,
+                stderr: output.stderr,
+            });
+        }
+        let status = raw.status.code().map_or_else(
+            || format!("signal {:?}", raw.status.signal()),
+            |c| format!("status {c}"),
+        );
         debug!(
-            "`{}` finished with {} in {:.2}s",
+            "`{}` finished with {status} in {:.2}s",
             cmd.program,
-            raw.status.code().map_or_else(
-                || format!("signal {:?}", raw.status.signal()),
-                |c| format!("status {c}")
-            ),
             duration.as_secs_f64()
         );
         // Child output can carry tokens; it is scrubbed even at trace level.
@@ -471,21 +437,66 @@ impl Runner {
         Ok(output)
     }
 
-    /// Waits for the child; `Ok(None)` when it had to be killed (timeout or cancel).
+    /// How long `cmd` may run: its timeout, clipped to the run's deadline (`true` when
+    /// clipped); an error when the run is cancelled or past its deadline.
+    fn limit(&self, cmd: &Command, rendered: &str) -> Result<(Duration, bool), CmdError> {
+        let refuse = |reason| {
+            Err(CmdError::Cancelled {
+                command: rendered.to_string(),
+                reason,
+            })
+        };
+        if self.inner.cancelled.load(Ordering::SeqCst) {
+            return refuse(CANCELLED);
+        }
+        let now = Instant::now();
+        if now >= self.inner.deadline {
+            return refuse("the run's global timeout has passed");
+        }
+        if now + cmd.timeout > self.inner.deadline {
+            Ok((self.inner.deadline - now, true))
+        } else {
+            Ok((cmd.timeout, false))
+        }
+    }
+
+    /// Starts `cmd` and waits for it, killing its process group at `limit` or on
+    /// cancellation; returns what it produced and whether it had to be killed.
+    fn supervise(
+        &self,
+        cmd: &Command,
+        limit: Duration,
+    ) -> io::Result<(std::process::Output, bool)> {
+        let handle = spawn(cmd)?;
+        let group = handle
+            .pids()
+            .first()
+            .and_then(|&pid| i32::try_from(pid).ok());
+        if let Some(group) = group.filter(|_| !cmd.interactive) {
+            self.live().insert(group);
+        }
+        let waited = self.wait(&handle, group, limit, cmd.interactive);
+        if let Some(group) = group {
+            self.live().remove(&group);
+        }
+        waited
+    }
+
+    /// Waits for the child, killing it at `limit` or on cancellation.
     fn wait(
         &self,
         handle: &duct::Handle,
         group: Option<i32>,
         limit: Duration,
         interactive: bool,
-    ) -> io::Result<Option<std::process::Output>> {
+    ) -> io::Result<(std::process::Output, bool)> {
         let end = Instant::now() + limit;
         loop {
             let step = end
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             if let Some(out) = handle.wait_timeout(step)? {
-                return Ok(Some(out.clone()));
+                return Ok((out.clone(), false));
             }
             if Instant::now() >= end || self.inner.cancelled.load(Ordering::SeqCst) {
                 break;
@@ -501,8 +512,7 @@ impl Runner {
             _ => handle.kill()?,
         }
         // Every member of the group is gone, so the captured pipes close and this returns.
-        handle.wait()?;
-        Ok(None)
+        Ok((handle.wait()?.clone(), true))
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
@@ -618,6 +628,16 @@ mod tests {
             "",
             "grandchild survived"
         );
+    }
+
+    #[test]
+    fn a_timed_out_child_keeps_what_it_printed() {
+        let cmd = Command::new("sh")
+            .args(["-c", "echo waiting for the banner >&2; sleep 30"])
+            .timeout(Duration::from_millis(300));
+        let err = runner().run(&cmd).unwrap_err();
+        assert!(matches!(err, CmdError::TimedOut { .. }), "{err}");
+        assert_eq!(err.stderr(), "waiting for the banner\n");
     }
 
     #[test]
