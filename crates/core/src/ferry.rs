@@ -39,7 +39,8 @@ struct Output {
 
 /// The UID FERRY has for `account`; `Ok(None)` when FERRY does not know the account.
 pub fn lookup_uid(ferry: &Ferry, account: &str, timeout: Duration) -> anyhow::Result<Option<u32>> {
-    let agent = agent(ferry, timeout)?;
+    let agent = agent(ferry, timeout)
+        .with_context(|| format!("cannot set up the FERRY client for `{}`", ferry.url))?;
     // Accounts are validated names (letters, digits, `_.-`), safe in a query string.
     let url = format!(
         "{}/getUserInfo?username={account}",

@@ -39,6 +39,28 @@ pub enum UidSource {
     Passwd,
 }
 
+/// How long a UID cached from FERRY is used before FERRY is asked again.
+const FERRY_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// The cached UID of `account`, and whether it was confirmed within [`FERRY_REFRESH`].
+fn cached_uid(ctx: &Context, account: &str) -> Option<(u32, bool)> {
+    let state = ctx.state()?;
+    let uid = match state.cached_uid(account) {
+        Ok(uid) => uid?,
+        Err(e) => {
+            warn!("cannot read the cached UID of `{account}`: {e:#}");
+            return None;
+        }
+    };
+    let fresh = state
+        .uid_refreshed(account)
+        .ok()
+        .flatten()
+        .and_then(|at| at.elapsed().ok())
+        .is_some_and(|age| age < FERRY_REFRESH);
+    Some((uid, fresh))
+}
+
 fn cache_uid(ctx: &Context, account: &str, uid: u32) {
     if let Some(mut state) = ctx.state()
         && let Err(e) = state.store_uid(account, uid)
@@ -53,12 +75,11 @@ pub fn resolve_uid(ctx: &Context, service: &Service) -> Result<(u32, UidSource),
     if let Some(uid) = service.desired_uid {
         return Ok((uid, UidSource::Override));
     }
-    if let Some(state) = ctx.state() {
-        match state.cached_uid(&service.account) {
-            Ok(Some(uid)) => return Ok((uid, UidSource::State)),
-            Ok(None) => {}
-            Err(e) => warn!("cannot read the cached UID of `{}`: {e:#}", service.account),
-        }
+    let cached = cached_uid(ctx, &service.account);
+    if let Some((uid, fresh)) = cached
+        && (fresh || ctx.config.ferry.is_none())
+    {
+        return Ok((uid, UidSource::State));
     }
     if let Some(ferry) = &ctx.config.ferry {
         match crate::ferry::lookup_uid(ferry, &service.account, ctx.config.timeouts.ferry) {
@@ -66,11 +87,12 @@ pub fn resolve_uid(ctx: &Context, service: &Service) -> Result<(u32, UidSource),
                 cache_uid(ctx, &service.account, uid);
                 return Ok((uid, UidSource::Ferry));
             }
-            Ok(None) => warn!(
-                "FERRY does not know the account `{}`; trying the passwd database",
-                service.account
-            ),
-            Err(e) => warn!("{e:#}; trying the passwd database"),
+            Ok(None) => warn!("FERRY does not know the account `{}`", service.account),
+            Err(e) => warn!("{e:#}"),
+        }
+        // FERRY could not confirm a cached UID: the cached one is still the best answer.
+        if let Some((uid, _)) = cached {
+            return Ok((uid, UidSource::State));
         }
     }
     let timeout = ctx.config.timeouts.kerberos;

@@ -350,6 +350,59 @@ fn uids_come_from_ferry_where_configured_and_are_cached() {
         "FERRY was asked again: {}",
         again.stderr
     );
+    let passwd_uid = sb.service("nova_production").uid;
+    for node in &sb.service("nova_production").nodes {
+        let files = names(&sb, node);
+        assert!(
+            !files.contains(&format!("vt_u{passwd_uid}")),
+            "{node} got the passwd UID: {files:?}"
+        );
+    }
+
+    // A day later FERRY is asked again, and its new answer wins.
+    let renumbered = managed_tokens_test_support::ferry::FerryStandIn::start(&[("mtnova", 6666)]);
+    let section = format!(
+        "ferry: {{host: '{}', caPath: '{}', hostCert: '{}', hostKey: '{}'}}\n",
+        renumbered.url,
+        renumbered.ca_path().display(),
+        renumbered.cert().display(),
+        renumbered.key().display()
+    );
+    let edit = format!("errorCountToSendMessage: 1\n{section}");
+    let config = config_copy(&sb, "ferry2.yml", &[("errorCountToSendMessage: 1", &edit)]);
+    let config = config.to_str().expect("a UTF-8 path");
+    common::sql(
+        &sb,
+        "UPDATE uid_refreshed SET refreshed = 0 WHERE username = 'mtnova'",
+    );
+    run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]).assert_exit(0);
+    assert_eq!(renumbered.requests(), ["mtnova"]);
+    for node in &sb.service("nova_production").nodes {
+        assert!(
+            names(&sb, node).contains("vt_u6666-nova_production"),
+            "{node}"
+        );
+    }
+
+    // A stale UID whose FERRY is down is still used, with a warning.
+    drop(renumbered);
+    common::sql(
+        &sb,
+        "UPDATE uid_refreshed SET refreshed = 0 WHERE username = 'mtnova'",
+    );
+    let stale = run(&sb, PUSHER, &["-c", config, "-s", "nova_production"]);
+    stale.assert_exit(0);
+    assert!(
+        stale.stderr.contains("FERRY"),
+        "the failed refresh is reported: {}",
+        stale.stderr
+    );
+    for node in &sb.service("nova_production").nodes {
+        assert!(
+            names(&sb, node).contains("vt_u6666"),
+            "{node} keeps the cached UID"
+        );
+    }
 }
 
 #[test]

@@ -209,7 +209,33 @@ impl State {
             params![account, uid],
         )
         .map_err(fail)?;
+        tx.execute(
+            "INSERT INTO uid_refreshed (username, refreshed) VALUES (?1, ?2)
+             ON CONFLICT (username) DO UPDATE SET refreshed = excluded.refreshed",
+            params![account, unix(SystemTime::now())],
+        )
+        .map_err(fail)?;
         tx.commit().map_err(fail)
+    }
+
+    /// When the UID of `account` was last cached; `None` when never, or when it came from
+    /// the Go service's database.
+    pub fn uid_refreshed(&self, account: &str) -> anyhow::Result<Option<SystemTime>> {
+        self.conn
+            .query_row(
+                "SELECT refreshed FROM uid_refreshed WHERE username = ?1",
+                [account],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|secs| secs.map(from_unix))
+            .map_err(|e| {
+                sql_error(
+                    e,
+                    &self.path,
+                    &format!("read when the UID of `{account}` was cached"),
+                )
+            })
     }
 }
 

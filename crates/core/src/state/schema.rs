@@ -13,7 +13,7 @@ use super::sql_error;
 pub(super) const APPLICATION_ID: i32 = 0x5da8_2553;
 
 /// The newest `PRAGMA user_version` this code knows.
-pub(super) const VERSION: i32 = 2;
+pub(super) const VERSION: i32 = 3;
 
 /// Version 1 is the Go service's schema. A new database is created at version 1 and then
 /// migrated like an operator's, so the one migration path is the one that is tested.
@@ -104,8 +104,18 @@ INSERT INTO streaks (service, kind, name, count, since, notified, updated)
     WHERE p.count > 0;
 ";
 
+/// Version 3: when each cached UID was last confirmed, so that UIDs from FERRY are asked
+/// again once a day (the Go service refreshed them daily). Kept beside the Go service's
+/// `uids` table, which stays as it was.
+const V3: &str = "
+CREATE TABLE uid_refreshed (
+    username TEXT NOT NULL PRIMARY KEY,
+    refreshed INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Every migration: the version it produces and its SQL.
-const MIGRATIONS: [(i32, &str); 2] = [(1, GO_SCHEMA), (2, V2)];
+const MIGRATIONS: [(i32, &str); 3] = [(1, GO_SCHEMA), (2, V2), (3, V3)];
 
 /// Checks that `conn` is a managed-tokens database (or an empty file), and a version we
 /// can read.
