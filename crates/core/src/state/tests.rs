@@ -453,7 +453,12 @@ fn uids_are_cached_and_replaced() {
     state.store_uid("dunepro2", 5003).unwrap();
     assert_eq!(state.cached_uid("dunepro").unwrap(), None);
     assert_eq!(state.cached_uid("dunepro2").unwrap(), Some(5003));
-    let age = state.uid_refreshed("dunepro2").unwrap().unwrap().elapsed().unwrap();
+    let age = state
+        .uid_refreshed("dunepro2")
+        .unwrap()
+        .unwrap()
+        .elapsed()
+        .unwrap();
     assert!(age < Duration::from_secs(60), "cached just now: {age:?}");
     assert_eq!(state.uid_refreshed("nobody").unwrap(), None);
 }
