@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use crate::cli::{Command, CommonArgs, PingCli, PusherCli, RefresherCli};
+use crate::cli::{Command, CommonArgs, Generated, PingCli, PusherCli, RefresherCli};
 use crate::config::{self, Config};
 use crate::context::Context;
 use crate::env::HostEnv;
@@ -31,6 +31,7 @@ pub fn refresher(cli: RefresherCli, host: HostEnv, out: &mut dyn Write) -> Exit 
         command: cli.command,
         work: Work::Refresh,
         onboarding,
+        generate: crate::cli::generate::<RefresherCli>,
     }
     .run(host, out)
 }
@@ -43,6 +44,7 @@ pub fn pusher(cli: PusherCli, host: HostEnv, out: &mut dyn Write) -> Exit {
         command: cli.command,
         work: Work::Push,
         onboarding: None,
+        generate: crate::cli::generate::<PusherCli>,
     }
     .run(host, out)
 }
@@ -55,6 +57,7 @@ pub fn ping_nodes(cli: PingCli, host: HostEnv, out: &mut dyn Write) -> Exit {
         command: cli.command,
         work: Work::Ping(cli.probe),
         onboarding: None,
+        generate: crate::cli::generate::<PingCli>,
     }
     .run(host, out)
 }
@@ -66,10 +69,19 @@ struct Invocation {
     work: Work,
     /// `Some(push_after)` for `--run-onboarding [--push-tokens]`.
     onboarding: Option<bool>,
+    /// Writes this binary's man page or completions (`generate`).
+    generate: fn(Generated, &mut dyn Write) -> std::io::Result<()>,
 }
 
 impl Invocation {
     fn run(self, host: HostEnv, out: &mut dyn Write) -> Exit {
+        // Packaging generates man pages and completions where no configuration exists.
+        if let Some(Command::Generate { what }) = self.command {
+            return match (self.generate)(what, out).and_then(|()| out.flush()) {
+                Ok(()) => Exit::Success,
+                Err(_) => Exit::Fatal,
+            };
+        }
         crate::logging::init(self.common.verbosity(), &host);
         info!(
             "{} {} with configuration `{}`",
@@ -174,8 +186,7 @@ impl Invocation {
                 Exit::Success
             }
             Command::Generate { .. } => {
-                error!("`generate` is handled by the binary itself");
-                Exit::Fatal
+                unreachable!("`generate` is answered before the configuration is read")
             }
         };
         Some(exit)

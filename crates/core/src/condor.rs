@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::env::HostEnv;
 use crate::names::{self, NameKind};
-use crate::report::{Failure, FailureClass};
-use crate::runner::{CmdError, Command, Runner};
+use crate::report::{Failure, FailureClass, Pattern};
+use crate::runner::{Command, Runner};
 use crate::service::Service;
 
 /// Where a service's tokens go: the credds and the collector that named them.
@@ -263,109 +263,70 @@ pub fn storer_command(
     cmd
 }
 
-/// Patterns in storer and htgettoken output, in the order they decide the class. The
-/// storer reports "Authentication needed" whenever its quiet pass fails, so the more
-/// specific causes (Vault down, a 403, a slow device flow) are looked for first.
-const PATTERNS: [(&str, FailureClass); 8] = [
+/// Patterns in storer and htgettoken output, in the order they decide the class
+/// (otherwise [`FailureClass::StorerFailed`]). The storer reports "Authentication needed"
+/// whenever its quiet pass fails, so the more specific causes (Vault down, a 403, a slow
+/// device flow) are looked for first.
+pub const PATTERNS: [Pattern; 8] = [
     (
-        "polling for response took longer than",
+        &["polling for response took longer than"],
         FailureClass::Timeout,
     ),
     (
-        "failed to establish a new connection",
+        &["failed to establish a new connection"],
         FailureClass::VaultUnreachable,
     ),
-    ("connection refused", FailureClass::VaultUnreachable),
-    ("max retries exceeded", FailureClass::VaultUnreachable),
+    (&["connection refused"], FailureClass::VaultUnreachable),
+    (&["max retries exceeded"], FailureClass::VaultUnreachable),
     (
-        "failed to store condor credentials",
+        &["failed to store condor credentials"],
         FailureClass::CreddUnreachable,
     ),
-    ("403", FailureClass::PermissionDenied),
     (
-        "authentication needed for",
+        &["403", "permission denied"],
+        FailureClass::PermissionDenied,
+    ),
+    (
+        &["authentication needed for"],
         FailureClass::AuthenticationNeeded,
     ),
-    ("permission denied", FailureClass::PermissionDenied),
+    (&["permission denied"], FailureClass::PermissionDenied),
 ];
-
-/// Classifies a failed storer or htgettoken call from what it printed, with the line that
-/// decided it.
-pub fn classify(err: &CmdError) -> (FailureClass, Option<String>) {
-    let text = format!("{}\n{}", err.stderr(), err.stdout());
-    for (pattern, class) in PATTERNS {
-        if class == FailureClass::PermissionDenied && pattern == "403" {
-            let denied = text.lines().find(|l| {
-                let lower = l.to_ascii_lowercase();
-                lower.contains("403") && lower.contains("permission denied")
-            });
-            if let Some(line) = denied {
-                return (class, Some(crate::secret::scrub(line.trim())));
-            }
-            continue;
-        }
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.to_ascii_lowercase().contains(pattern))
-        {
-            return (class, Some(crate::secret::scrub(line.trim())));
-        }
-    }
-    (FailureClass::StorerFailed, None)
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::classify_output;
+
+    fn storer_class(output: &str) -> (FailureClass, Option<String>) {
+        classify_output(output, &PATTERNS, FailureClass::StorerFailed)
+    }
 
     #[test]
     fn classifies_storer_output() {
-        let failed = |stderr: &str| CmdError::Failed {
-            command: "condor_vault_storer x".into(),
-            status: "exited with status 1".into(),
-            output: crate::runner::Output {
-                code: Some(1),
-                stdout: String::new(),
-                stderr: stderr.into(),
-                duration: Duration::ZERO,
-            },
-        };
-        let (class, line) = classify(&failed(
+        let (class, line) = storer_class(
             "Looking up vault token failed: Failed to establish a new connection: [Errno 111] Connection refused\n\
              Authentication needed for dune_production\ncondor_vault_storer: htgettoken failed\n",
-        ));
+        );
         assert_eq!(class, FailureClass::VaultUnreachable);
         assert!(line.unwrap().contains("Connection refused"));
-        let (class, _) = classify(&failed(
-            "Authentication needed for dune_production\nhtgettoken failed\n",
-        ));
+        let (class, _) =
+            storer_class("Authentication needed for dune_production\nhtgettoken failed\n");
         assert_eq!(class, FailureClass::AuthenticationNeeded);
-        let (class, _) = classify(&failed(
-            "htgettoken: ... HTTPError: 403 Forbidden: permission denied\n",
-        ));
+        let (class, _) =
+            storer_class("htgettoken: ... HTTPError: 403 Forbidden: permission denied\n");
         assert_eq!(class, FailureClass::PermissionDenied);
-        let (class, _) = classify(&failed(
-            "condor_vault_storer: Failed to store condor credentials for x\n",
-        ));
+        let (class, _) =
+            storer_class("condor_vault_storer: Failed to store condor credentials for x\n");
         assert_eq!(class, FailureClass::CreddUnreachable);
         assert_eq!(
-            classify(&failed("something else\n")).0,
+            storer_class("something else\n").0,
             FailureClass::StorerFailed
         );
     }
 
     #[test]
     fn classifies_recorded_storer_output() {
-        let failed = |stderr: &str| CmdError::Failed {
-            command: "condor_vault_storer x".into(),
-            status: "exited with status 1".into(),
-            output: crate::runner::Output {
-                code: Some(1),
-                stdout: String::new(),
-                stderr: stderr.into(),
-                duration: Duration::ZERO,
-            },
-        };
         let cases = [
             (
                 include_str!(
@@ -387,7 +348,7 @@ mod tests {
             ),
         ];
         for (output, class) in cases {
-            let (found, line) = classify(&failed(output));
+            let (found, line) = storer_class(output);
             assert_eq!(found, class, "{output}");
             assert!(line.is_some());
         }

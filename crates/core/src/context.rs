@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use crate::condor::Discovery;
 use crate::config::Config;
 use crate::env::HostEnv;
+use crate::kerberos::{self, Ccache};
+use crate::report::Failure;
 use crate::runner::Runner;
+use crate::service::Service;
 use crate::state::State;
 
 /// Shared by every stage of one run.
@@ -87,6 +90,21 @@ impl Context {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(locks.entry(key.to_string()).or_default())
+    }
+
+    /// A Kerberos ticket for `service` in its private credential cache, with the
+    /// configured timeout and retries.
+    pub fn kinit(&self, service: &Service) -> Result<Ccache, Failure> {
+        let ccache = Ccache::for_service(self.dir(), service);
+        let timeout = self.config.timeouts.kerberos;
+        kerberos::obtain(
+            &self.runner,
+            service,
+            &ccache,
+            timeout,
+            self.config.retries.kerberos,
+        )?;
+        Ok(ccache)
     }
 
     /// The state database, if open.

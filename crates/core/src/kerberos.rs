@@ -65,22 +65,13 @@ pub fn obtain(
         ));
     }
     let end = Instant::now() + timeout;
-    let mut attempt = 0;
-    loop {
-        let result = attempt_once(runner, service, ccache, end);
-        match result {
-            Err(f) if attempt < retry.retries && f.class == FailureClass::KinitFailed => {
-                attempt += 1;
-                log::warn!(
-                    "kinit for `{}` failed, retrying ({attempt}/{}): {f}",
-                    service.name,
-                    retry.retries
-                );
-                runner.sleep(retry.sleep);
-            }
-            other => return other,
-        }
-    }
+    runner.retry(
+        retry,
+        &format!("kinit for `{}`", service.name),
+        None,
+        |f| f.class == FailureClass::KinitFailed,
+        || attempt_once(runner, service, ccache, end),
+    )
 }
 
 fn attempt_once(

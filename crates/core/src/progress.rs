@@ -43,26 +43,15 @@ impl Progress {
         if !shown {
             return Self::hidden();
         }
-        Self::start(ProgressDrawTarget::stderr(), label, Some(total))
+        Self::start(ProgressDrawTarget::stderr(), label, total)
     }
 
-    /// A spinner and "`label`" with the elapsed time, when `shown`: for work that is
-    /// not counted.
-    pub fn spinner(shown: bool, label: &str) -> Self {
-        if !shown {
-            return Self::hidden();
-        }
-        Self::start(ProgressDrawTarget::stderr(), label, None)
-    }
-
-    fn start(target: ProgressDrawTarget, label: &str, total: Option<usize>) -> Self {
-        let template = match total {
-            Some(_) => "{spinner} {prefix} {pos}/{len} [{elapsed}]",
-            None => "{spinner} {prefix} [{elapsed}]",
-        };
-        let len = total.map(|t| u64::try_from(t).unwrap_or(u64::MAX));
-        let bar = ProgressBar::with_draw_target(len, target).with_prefix(label.to_string());
-        if let Ok(style) = ProgressStyle::with_template(template) {
+    fn start(target: ProgressDrawTarget, label: &str, total: usize) -> Self {
+        let len = u64::try_from(total).unwrap_or(u64::MAX);
+        let bar = ProgressBar::with_draw_target(Some(len), target).with_prefix(label.to_string());
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} {prefix} {pos}/{len} [{elapsed}]")
+        {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(120));
@@ -177,7 +166,7 @@ mod tests {
 
     #[test]
     fn each_counts_services_and_keeps_their_order() {
-        let progress = Progress::start(ProgressDrawTarget::hidden(), "refresh", Some(3));
+        let progress = Progress::start(ProgressDrawTarget::hidden(), "refresh", 3);
         let services: Vec<Service> = ["a_x", "b_x", "c_x"].iter().map(|n| service(n)).collect();
         let outcomes = progress.each(&services, |one| {
             assert_eq!(one.len(), 1);

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::accounts;
 use crate::context::Context;
-use crate::kerberos::{self, Ccache};
+use crate::kerberos::Ccache;
 use crate::report::{Failure, FailureClass, Outcome, Stage, Target};
 use crate::service::Service;
 use crate::transfer::{self, Batch};
@@ -129,7 +129,13 @@ fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
         )]
     };
     let uid = match resolve_uid(ctx, service) {
-        Ok((uid, _)) => uid,
+        Ok((uid, source)) => {
+            log::debug!(
+                "`{}`: UID {uid} on the nodes, from {source:?}",
+                service.name
+            );
+            uid
+        }
         Err(f) => return fail(Stage::Setup, f),
     };
     let token = match vault::newest_token(&service.token_store, ctx.local_uid, &service.real_name) {
@@ -171,17 +177,10 @@ fn push_service(ctx: &Context, service: &Service) -> Vec<Outcome> {
         }
     };
 
-    let ccache = Ccache::for_service(ctx.dir(), service);
-    let timeouts = &ctx.config.timeouts;
-    if let Err(f) = kerberos::obtain(
-        &ctx.runner,
-        service,
-        &ccache,
-        timeouts.kerberos,
-        ctx.config.retries.kerberos,
-    ) {
-        return fail(Stage::Kerberos, f);
-    }
+    let ccache = match ctx.kinit(service) {
+        Ok(ccache) => ccache,
+        Err(f) => return fail(Stage::Kerberos, f),
+    };
     if ctx.test {
         info!(
             "test run: not pushing `{}` to {} nodes",
@@ -290,27 +289,14 @@ fn push_node(
 ) -> Outcome {
     let started = Instant::now();
     let end = started + ctx.config.timeouts.push;
-    let retry = ctx.config.retries.push;
     let target = Target::Node(node.to_string());
-    let mut attempt = 0;
-    let result = loop {
-        let result = push_once(ctx, service, node, batches, ccache, end);
-        match result {
-            Err(f)
-                if attempt < retry.retries
-                    && retryable(&f)
-                    && Instant::now() + retry.sleep < end =>
-            {
-                attempt += 1;
-                warn!(
-                    "`{}`: push to `{node}` failed, retrying ({attempt}/{}): {f}",
-                    service.name, retry.retries
-                );
-                ctx.runner.sleep(retry.sleep);
-            }
-            other => break other,
-        }
-    };
+    let result = ctx.runner.retry(
+        ctx.config.retries.push,
+        &format!("`{}`: push to `{node}`", service.name),
+        Some(end),
+        retryable,
+        || push_once(ctx, service, node, batches, ccache, end),
+    );
     Outcome::finish(
         &service.name,
         target,
@@ -357,13 +343,8 @@ fn push_once(
             left.max(Duration::from_millis(100)),
         );
         ctx.runner.run(&cmd).map_err(|e| {
-            let (class, line) = transfer::classify(&e);
-            let mut failure =
-                Failure::from_cmd(class, format!("rsync to `{node}:{}` failed", batch.dir), &e);
-            if line.is_some() && failure.class == class {
-                failure.detail = line;
-            }
-            failure
+            let what = format!("rsync to `{node}:{}` failed", batch.dir);
+            Failure::classified(what, &e, &transfer::PATTERNS, FailureClass::RsyncFailed)
         })?;
     }
     Ok(())

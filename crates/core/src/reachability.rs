@@ -53,21 +53,18 @@ pub fn run(ctx: &Context, services: &[Service], probe: Probe) -> Vec<Outcome> {
 fn check(ctx: &Context, plan: &NodePlan<'_>, probe: Probe) -> Outcome {
     let started = Instant::now();
     let timeout = ctx.config.timeouts.ping;
-    let retry = ctx.config.retries.ping;
-    let mut attempt = 0;
-    let result = loop {
-        let result = match probe {
+    let result = ctx.runner.retry(
+        ctx.config.retries.ping,
+        &format!("checking node `{}`", plan.node),
+        None,
+        |_| true,
+        || match probe {
             Probe::Icmp => ping::ping(&ctx.runner, plan.node, &plan.service.ping_options, timeout),
             Probe::Ssh => {
                 ping::probe_ssh(&ctx.runner, plan.node, &plan.service.ssh_options, timeout)
             }
-        };
-        if result.is_ok() || attempt >= retry.retries || ctx.runner.is_cancelled() {
-            break result;
-        }
-        attempt += 1;
-        ctx.runner.sleep(retry.sleep);
-    };
+        },
+    );
     let outcome = Outcome {
         service: None,
         target: Target::Node(plan.node.to_string()),

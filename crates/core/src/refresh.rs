@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::condor::{self, StorerCall};
 use crate::context::Context;
-use crate::kerberos::{self, Ccache};
+use crate::kerberos::Ccache;
 use crate::report::{Failure, FailureClass, Outcome, Stage, Target};
 use crate::runner::Command;
 use crate::service::{Service, TokenGetter};
@@ -66,17 +66,11 @@ fn refresh_service(ctx: &Context, service: &Service, mode: Mode) -> Vec<Outcome>
         Err(f) => return fail(Stage::Setup, Target::Service, f),
     };
 
-    let ccache = Ccache::for_service(ctx.dir(), service);
+    let ccache = match ctx.kinit(service) {
+        Ok(ccache) => ccache,
+        Err(f) => return fail(Stage::Kerberos, Target::Service, f),
+    };
     let timeouts = &ctx.config.timeouts;
-    if let Err(f) = kerberos::obtain(
-        &ctx.runner,
-        service,
-        &ccache,
-        timeouts.kerberos,
-        ctx.config.retries.kerberos,
-    ) {
-        return fail(Stage::Kerberos, Target::Service, f);
-    }
     let mut outcomes = vec![Outcome::ok(
         &service.name,
         Target::Service,
@@ -201,48 +195,33 @@ fn run_storer(ctx: &Context, call: &StorerCall<'_>, mode: Mode) -> Result<(), Fa
                 ctx.config.min_token_lifetime,
                 timeouts.vault_storer,
             );
-            with_retries(ctx, &cmd, &what, condor::classify)
+            with_retries(ctx, &cmd, &what)
         }
     }
 }
 
 /// Runs `cmd` with the token stage's retry policy; authentication problems are not
 /// retried, since only an operator can fix them.
-fn with_retries(
-    ctx: &Context,
-    cmd: &Command,
-    what: &str,
-    classify: fn(&crate::runner::CmdError) -> (FailureClass, Option<String>),
-) -> Result<(), Failure> {
-    let retry = ctx.config.retries.token;
-    let mut attempt = 0;
-    loop {
-        match ctx.runner.run(cmd) {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                let (class, line) = classify(&e);
-                let mut failure = Failure::from_cmd(class, what, &e);
-                if line.is_some() && failure.class == class {
-                    failure.detail = line;
-                }
-                let final_class = matches!(
-                    failure.class,
-                    FailureClass::AuthenticationNeeded
-                        | FailureClass::PermissionDenied
-                        | FailureClass::Cancelled
-                );
-                if attempt >= retry.retries || final_class {
-                    return Err(failure);
-                }
-                attempt += 1;
-                warn!(
-                    "{what} failed, retrying ({attempt}/{}): {failure}",
-                    retry.retries
-                );
-                ctx.runner.sleep(retry.sleep);
-            }
-        }
-    }
+fn with_retries(ctx: &Context, cmd: &Command, what: &str) -> Result<(), Failure> {
+    let final_class = |f: &Failure| {
+        matches!(
+            f.class,
+            FailureClass::AuthenticationNeeded
+                | FailureClass::PermissionDenied
+                | FailureClass::Cancelled
+        )
+    };
+    ctx.runner.retry(
+        ctx.config.retries.token,
+        what,
+        None,
+        |f| !final_class(f),
+        || {
+            ctx.runner.run(cmd).map(|_| ()).map_err(|e| {
+                Failure::classified(what, &e, &condor::PATTERNS, FailureClass::StorerFailed)
+            })
+        },
+    )
 }
 
 /// The files of one storer call: the staged token in the storer's `/tmp` path and a
@@ -424,7 +403,7 @@ fn get_token(
         if mode == Mode::Onboarding {
             cmd = cmd.interactive();
         }
-        with_retries(ctx, &cmd, "htgettoken", condor::classify)?;
+        with_retries(ctx, &cmd, "htgettoken")?;
         let token = vault::read_token(&staged).ok().flatten().ok_or_else(|| {
             Failure::new(
                 FailureClass::StorerFailed,

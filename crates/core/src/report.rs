@@ -230,6 +230,25 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// A failure of a child whose output `patterns` classify (else `otherwise`), with the
+    /// line that decided as its detail; timeouts and cancellations keep their own class.
+    pub fn classified(
+        what: impl Into<String>,
+        err: &CmdError,
+        patterns: &[Pattern],
+        otherwise: FailureClass,
+    ) -> Self {
+        let output = format!("{}\n{}", err.stderr(), err.stdout());
+        let (class, line) = classify_output(&output, patterns, otherwise);
+        let mut failure = Self::from_cmd(class, what, err);
+        if failure.class == class && line.is_some() {
+            failure.detail = line;
+        }
+        failure
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.class, self.message)?;
@@ -238,6 +257,32 @@ impl fmt::Display for Failure {
         }
         Ok(())
     }
+}
+
+/// Words that must all appear (in any case) in one line of a child's output, and the
+/// class such a line means.
+pub type Pattern = (&'static [&'static str], FailureClass);
+
+/// The class of the first of `patterns`, in order, that a line of `output` matches, with
+/// that line (scrubbed of tokens); `otherwise` and no line when none matches.
+pub fn classify_output(
+    output: &str,
+    patterns: &[Pattern],
+    otherwise: FailureClass,
+) -> (FailureClass, Option<String>) {
+    let lines: Vec<(String, &str)> = output
+        .lines()
+        .map(|l| (l.to_ascii_lowercase(), l.trim()))
+        .collect();
+    for (words, class) in patterns {
+        let found = lines
+            .iter()
+            .find(|(lower, _)| words.iter().all(|w| lower.contains(w)));
+        if let Some((_, line)) = found {
+            return (*class, Some(crate::secret::scrub(line)));
+        }
+    }
+    (otherwise, None)
 }
 
 /// The line of a child's output that says what went wrong: the last line that mentions

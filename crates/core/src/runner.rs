@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
+use crate::report::Failure;
+use crate::service::Retry;
+
 /// Variables the product manages; removed from the inherited environment of every child
 /// so that only the values set for that child apply.
 const MANAGED_VARIABLES: [&str; 7] = [
@@ -357,6 +360,35 @@ impl Runner {
                 break;
             }
             std::thread::sleep((end - now).min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Runs `attempt`, and again after `policy.sleep` while it fails with a failure that
+    /// `retryable` accepts, attempts are left, the run goes on and, with an `end`, the
+    /// next attempt would start before it. `what` names the work in the log.
+    pub fn retry<T>(
+        &self,
+        policy: Retry,
+        what: &str,
+        end: Option<Instant>,
+        retryable: impl Fn(&Failure) -> bool,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let mut done = 0;
+        loop {
+            match attempt() {
+                Err(f)
+                    if done < policy.retries
+                        && retryable(&f)
+                        && !self.is_cancelled()
+                        && end.is_none_or(|end| Instant::now() + policy.sleep < end) =>
+                {
+                    done += 1;
+                    warn!("{what} failed, retrying ({done}/{}): {f}", policy.retries);
+                    self.sleep(policy.sleep);
+                }
+                result => return result,
+            }
         }
     }
 

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::report::FailureClass;
-use crate::runner::{CmdError, Command};
+use crate::report::{FailureClass, Pattern};
+use crate::runner::Command;
 use crate::service::Service;
 
 /// ssh options set unless the configuration's `sshOptions` sets the same key. ssh takes
@@ -99,48 +99,43 @@ pub fn rsync_command(
         .timeout(timeout)
 }
 
-/// Patterns in ssh's and rsync's messages, in the order they decide the class.
+/// Patterns in ssh's and rsync's messages, in the order they decide the class (otherwise
+/// [`FailureClass::RsyncFailed`]).
 ///
 /// A node whose sshd accepts the connection but never answers (hung, stopped, overloaded)
 /// makes ssh give up at `ConnectTimeout` with "Connection timed out during banner
 /// exchange": the host is there, so that is a timeout, not an unreachable node, and it
 /// must be matched before the generic "connection timed out" of a failed `connect()`.
-const PATTERNS: [(&str, FailureClass); 11] = [
-    ("during banner exchange", FailureClass::Timeout),
-    ("timeout in data send/receive", FailureClass::Timeout),
-    ("connection refused", FailureClass::Unreachable),
-    ("no route to host", FailureClass::Unreachable),
-    ("connection timed out", FailureClass::Unreachable),
-    ("operation timed out", FailureClass::Unreachable),
-    ("could not resolve hostname", FailureClass::Unreachable),
-    ("name or service not known", FailureClass::Unreachable),
-    ("network is unreachable", FailureClass::Unreachable),
-    ("permission denied (", FailureClass::AuthenticationRefused),
+pub const PATTERNS: [Pattern; 11] = [
+    (&["during banner exchange"], FailureClass::Timeout),
+    (&["timeout in data send/receive"], FailureClass::Timeout),
+    (&["connection refused"], FailureClass::Unreachable),
+    (&["no route to host"], FailureClass::Unreachable),
+    (&["connection timed out"], FailureClass::Unreachable),
+    (&["operation timed out"], FailureClass::Unreachable),
+    (&["could not resolve hostname"], FailureClass::Unreachable),
+    (&["name or service not known"], FailureClass::Unreachable),
+    (&["network is unreachable"], FailureClass::Unreachable),
     (
-        "host key verification failed",
+        &["permission denied ("],
+        FailureClass::AuthenticationRefused,
+    ),
+    (
+        &["host key verification failed"],
         FailureClass::AuthenticationRefused,
     ),
 ];
-
-/// Classifies a failed rsync from ssh's and rsync's messages, with the line that decided.
-pub fn classify(err: &CmdError) -> (FailureClass, Option<String>) {
-    for (pattern, class) in PATTERNS {
-        if let Some(line) = err
-            .stderr()
-            .lines()
-            .find(|l| l.to_ascii_lowercase().contains(pattern))
-        {
-            return (class, Some(line.trim().to_string()));
-        }
-    }
-    (FailureClass::RsyncFailed, None)
-}
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::report::classify_output;
+
+    fn rsync_class(stderr: &str) -> (FailureClass, Option<String>) {
+        classify_output(stderr, &PATTERNS, FailureClass::RsyncFailed)
+    }
     use crate::config::Config;
 
     fn service(ssh: &str) -> Service {
@@ -156,24 +151,14 @@ mod tests {
 
     #[test]
     fn classifies_recorded_rsync_output() {
-        let failed = |stderr: &str, code| CmdError::Failed {
-            command: "rsync".into(),
-            status: format!("exited with status {code}"),
-            output: crate::runner::Output {
-                code: Some(code),
-                stdout: String::new(),
-                stderr: stderr.into(),
-                duration: Duration::ZERO,
-            },
-        };
         let refused =
             include_str!("../../../tests/fixtures/tool-output/rsync-connection-refused.txt");
-        let (class, line) = classify(&failed(refused, 12));
+        let (class, line) = rsync_class(refused);
         assert_eq!(class, FailureClass::Unreachable);
         assert!(line.unwrap().starts_with("ssh: connect to host"));
         let denied =
             include_str!("../../../tests/fixtures/tool-output/rsync-permission-denied.txt");
-        let (class, line) = classify(&failed(denied, 255));
+        let (class, line) = rsync_class(denied);
         assert_eq!(class, FailureClass::AuthenticationRefused);
         assert!(line.unwrap().contains("Permission denied (gssapi"));
     }
@@ -191,33 +176,18 @@ mod tests {
         );
     }
 
-    fn failed(stderr: &str) -> CmdError {
-        CmdError::Failed {
-            command: "rsync".into(),
-            status: "exited with status 255".into(),
-            output: crate::runner::Output {
-                code: Some(255),
-                stdout: String::new(),
-                stderr: stderr.into(),
-                duration: Duration::ZERO,
-            },
-        }
-    }
-
     #[test]
     fn a_hung_sshd_is_a_timeout_not_an_unreachable_node() {
-        let (class, line) = classify(&failed(
+        let (class, line) = rsync_class(
             "Connection timed out during banner exchange\r\n\
              rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n",
-        ));
+        );
         assert_eq!(class, FailureClass::Timeout);
         assert_eq!(
             line.as_deref(),
             Some("Connection timed out during banner exchange")
         );
-        let (class, _) = classify(&failed(
-            "ssh: connect to host n port 22: Connection timed out\r\n",
-        ));
+        let (class, _) = rsync_class("ssh: connect to host n port 22: Connection timed out\r\n");
         assert_eq!(class, FailureClass::Unreachable);
     }
 

@@ -266,6 +266,17 @@ fn setup(dir: &Path, smtp: &Smtp, every: u32) -> Config {
     })
 }
 
+/// A configuration with a Slack webhook, stakeholders told every third failing run.
+fn with_slack(dir: &Path, smtp: &Smtp, slack: &Slack) -> Config {
+    config(&Setup {
+        dir,
+        smtp_port: smtp.port,
+        every: 3,
+        slack: Some(&slack.url),
+        notification_timeout: "20s",
+    })
+}
+
 fn open_state(config: &Config) -> State {
     State::open(&config.db_location, config.timeouts.db).unwrap()
 }
@@ -610,13 +621,7 @@ fn slack_gets_strict_json_and_test_runs_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(dir.path());
     let slack = Slack::start();
-    let config = config(&Setup {
-        dir: dir.path(),
-        smtp_port: smtp.port,
-        every: 3,
-        slack: Some(&slack.url),
-        notification_timeout: "20s",
-    });
+    let config = with_slack(dir.path(), &smtp, &slack);
     let mut state = open_state(&config);
 
     let mut report = push_run(&["n1.example.com"]);
@@ -656,13 +661,7 @@ fn slack_outage_keeps_the_post_without_leaking_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(dir.path());
     let slack = Slack::start();
-    let config = config(&Setup {
-        dir: dir.path(),
-        smtp_port: smtp.port,
-        every: 3,
-        slack: Some(&slack.url),
-        notification_timeout: "20s",
-    });
+    let config = with_slack(dir.path(), &smtp, &slack);
     let mut state = open_state(&config);
 
     *slack.status.lock().unwrap() = 503;

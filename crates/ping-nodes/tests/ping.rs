@@ -179,20 +179,7 @@ fn a_node_that_does_not_answer_is_named() {
     let outcomes = ping.by_node();
     assert_eq!(outcomes.len(), 4, "{}", ping.describe());
     let failed = outcomes[silent];
-    assert_eq!(
-        failed["failure"]["class"],
-        "unreachable",
-        "{}",
-        ping.describe()
-    );
-    assert!(
-        failed["failure"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(silent),
-        "the failure names the node\n{}",
-        ping.describe()
-    );
+    assert_unreachable(&ping, failed, silent);
     assert_eq!(services_of(failed), ["nova_production"]);
     for node in sb.info().nodes.keys() {
         assert!(outcomes[node]["failure"].is_null(), "{}", ping.describe());
@@ -217,20 +204,7 @@ fn probe_ssh_finds_a_stopped_sshd_that_ping_cannot_see() {
     ping.assert_exit(3);
     let outcomes = ping.by_node();
     let failed = outcomes[stopped];
-    assert_eq!(
-        failed["failure"]["class"],
-        "unreachable",
-        "{}",
-        ping.describe()
-    );
-    assert!(
-        failed["failure"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(stopped),
-        "{}",
-        ping.describe()
-    );
+    assert_unreachable(&ping, failed, stopped);
     assert_eq!(services_of(failed), services_by_node(&sb)[stopped]);
     for node in ["127.0.0.11", "127.0.0.12"] {
         assert!(outcomes[node]["failure"].is_null(), "{}", ping.describe());
@@ -244,4 +218,21 @@ fn probe_ssh_finds_a_stopped_sshd_that_ping_cannot_see() {
     );
     assert_eq!(mails[0].rcpt_to(), ["admins@sandbox.test"]);
     assert!(mails[0].body.contains(stopped), "{}", mails[0].body);
+}
+
+/// `outcome` failed as unreachable, and its message names `node`.
+#[track_caller]
+fn assert_unreachable(ping: &Run, outcome: &Value, node: &str) {
+    assert_eq!(
+        outcome["failure"]["class"],
+        "unreachable",
+        "{}",
+        ping.describe()
+    );
+    let message = outcome["failure"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(node),
+        "the failure names the node\n{}",
+        ping.describe()
+    );
 }
